@@ -1,0 +1,809 @@
+"""The TOML configuration: loading, `${VAR}` expansion, validation and the messages users see.
+
+The file is a public contract, so every mistake a user can make is reported as a `ConfigError` that
+names the file, the key path (``routes[0].to[1]``) and what to do, one problem per line, and never
+shows a secret. Pydantic does the validation; this module only translates its findings into words
+and adds the checks that span several tables (routes naming accounts).
+
+New settings are added as fields on the models below: unknown-key suggestions, key paths, examples
+in "missing" messages and type errors all follow from the models without further code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+NETWORKS = ("bluesky", "mastodon", "telegram")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+
+# Keys whose values are treated as secrets when redacting messages, whatever table they sit in:
+# a misspelt `acces_token` still holds a token.
+_SECRET_KEY = re.compile(r"token|password|passwd|secret|api_?key|credential", re.IGNORECASE)
+_ENV_REFERENCE = re.compile(r"\$\$\{|\$\{(?P<body>[^}]*)(?P<close>\})?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TOML_POSITION = re.compile(
+    r"^(?P<msg>.*?)\s*\((?:at line (?P<line>\d+), column (?P<col>\d+)|"
+    r"at end of document)\)$",
+    re.DOTALL,
+)
+_MALFORMED_REFERENCE = (
+    "has a malformed ${...}: write ${NAME} with a variable name of letters, digits and _,"
+    " or $${ for a literal ${"
+)
+_MIN_REDACTED_LENGTH = 4
+_MIN_REDACTED_ENV_LENGTH = 8
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the file: `where` is a key path or a line/column, empty for the file."""
+
+    where: str
+    message: str
+
+    def render(self, file: str) -> str:
+        return f"{file}: {self.where}: {self.message}" if self.where else f"{file}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A configuration the user must fix; `str()` is the complete message, one problem per line."""
+
+    def __init__(self, path: Path | str, problems: Iterable[Problem]) -> None:
+        self.path = Path(path)
+        self.problems = tuple(problems)
+        super().__init__("\n".join(problem.render(str(path)) for problem in self.problems))
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class _CrossCheckFailed(ValueError):
+    """Carries the problems found across tables out of a pydantic validator, keys paths intact."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(f"{p.where}: {p.message}" for p in problems))
+
+
+def _fail(message: str) -> PydanticCustomError:
+    # Custom errors keep our wording verbatim; braces would be read as a template, so none are used.
+    return PydanticCustomError("relaybird", message)
+
+
+# --------------------------------------------------------------------------------------------------
+# Value checks shared by the models
+
+
+def _check_name(value: str) -> str:
+    if not NAME_PATTERN.fullmatch(value):
+        raise _fail("account names may only use letters, digits, '_' and '-'; rename the table")
+    return value
+
+
+def _check_base_url(value: str) -> str:
+    """Accept only absolute http(s) URLs and drop a trailing slash, so callers can append paths."""
+    hint = "must be an http:// or https:// URL such as https://social.example"
+    if any(ch.isspace() for ch in value):
+        raise _fail(f"{hint} (it contains spaces)")
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        raise _fail(hint) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _fail(hint)
+    if parts.query or parts.fragment:
+        raise _fail(f"{hint}, without ?query or #fragment")
+    if parts.username is not None or parts.password is not None:
+        raise _fail(f"{hint}, without user:password@ (credentials go in their own keys)")
+    return value.rstrip("/")
+
+
+def _check_listen(value: str) -> str:
+    if value and parse_listen(value) is None:
+        raise _fail(
+            "must be host:port such as 127.0.0.1:9810 ([::1]:9810 for IPv6), "
+            'or "" to turn the health endpoint off'
+        )
+    return value
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """Split ``host:port`` (``[v6]:port``); None when the text is not such an address."""
+    match = re.fullmatch(r"\[(?P<host>[0-9A-Fa-f:.]+)\]:(?P<port>\d{1,5})", value) or re.fullmatch(
+        r"(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*):(?P<port>\d{1,5})", value
+    )
+    if match is None or int(match["port"]) > 65535:
+        return None
+    return match["host"], int(match["port"])
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _check_handle(value: str) -> str:
+    """A Bluesky handle (a domain name) or a DID; a leading @ is forgiven because apps show one."""
+    handle = value.strip().removeprefix("@")
+    label = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    if re.fullmatch(rf"(?:{label}\.)+{label}", handle) or re.fullmatch(r"did:[a-z]+:\S+", handle):
+        return handle
+    raise _fail("must be a Bluesky handle such as news.example.org (or a did:plc:... DID)")
+
+
+def _check_chat(value: object) -> object:
+    """Numeric ids may come from `${VAR}` as text, so digits become an int here."""
+    hint = "must be a channel or group @username, or a numeric chat id such as -1001234567890"
+    if isinstance(value, bool):
+        raise _fail(f"expected text or a number, got a boolean; the chat {hint}")
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str):
+        raise _fail(f"expected text or a number, got {_toml_type(value)}; the chat {hint}")
+    chat = value.strip()
+    if re.fullmatch(r"-?\d+", chat):
+        return int(chat)
+    if re.fullmatch(r"@[A-Za-z0-9_]+", chat):
+        return chat
+    raise _fail(f"{hint} (usernames start with @)")
+
+
+AccountName = Annotated[str, AfterValidator(_check_name)]
+NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+BaseUrl = Annotated[str, AfterValidator(_check_base_url)]
+Secret = Annotated[SecretStr, Field(min_length=1)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+
+
+class Section(BaseModel):
+    """Every table of the file: unknown keys are errors, TOML types are taken as they are."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, validate_by_name=True, validate_by_alias=True
+    )
+
+    # Fields filled in by the loader rather than written in the file, with the reason shown to a
+    # user who writes one anyway.
+    internal_keys: ClassVar[Mapping[str, str]] = {}
+
+
+class GlobalSettings(Section):
+    state: NonBlank = Field(default="relaybird.sqlite3", examples=["relaybird.sqlite3"])
+    listen: Annotated[str, AfterValidator(_check_listen)] = Field(
+        default="127.0.0.1:9810", examples=["127.0.0.1:9810"]
+    )
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = (
+        Field(default="info", examples=["info"])
+    )
+    log_format: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = Field(
+        default="text", examples=["text"]
+    )
+
+    def listen_address(self) -> tuple[str, int] | None:
+        """Where the health endpoint binds, or None when `listen` is empty (endpoint disabled)."""
+        return parse_listen(self.listen) if self.listen else None
+
+
+class AccountBase(Section):
+    internal_keys: ClassVar[Mapping[str, str]] = {
+        "name": "an account is named by its table key, as in [accounts.NAME]; remove this key",
+    }
+
+    name: str
+    network: str
+    base_url: BaseUrl
+
+    def identity(self) -> str:
+        """Who posts, in the network's own terms, for summaries; never a secret."""
+        return ""
+
+
+class MastodonAccount(AccountBase):
+    network: Literal["mastodon"]
+    base_url: BaseUrl = Field(examples=["https://mastodon.example"])
+    access_token: Secret = Field(examples=["${MASTODON_TOKEN}"])
+
+
+class BlueskyAccount(AccountBase):
+    network: Literal["bluesky"]
+    base_url: BaseUrl = Field(default="https://bsky.social", examples=["https://bsky.social"])
+    handle: Annotated[str, AfterValidator(_check_handle)] = Field(examples=["news.example.org"])
+    app_password: Secret = Field(examples=["${BSKY_APP_PASSWORD}"])
+
+    def identity(self) -> str:
+        return self.handle
+
+
+class TelegramAccount(AccountBase):
+    network: Literal["telegram"]
+    base_url: BaseUrl = Field(
+        default="https://api.telegram.org", examples=["https://api.telegram.org"]
+    )
+    bot_token: Secret = Field(examples=["${TELEGRAM_BOT_TOKEN}"])
+    chat: Annotated[str | int, BeforeValidator(_check_chat)] = Field(examples=["@news_channel"])
+
+    def identity(self) -> str:
+        return str(self.chat)
+
+
+AccountSettings = Annotated[
+    MastodonAccount | BlueskyAccount | TelegramAccount, Field(discriminator="network")
+]
+
+
+class Route(Section):
+    name: NonBlank = Field(examples=["mirror"])
+    sources: list[str] = Field(
+        validation_alias="from", serialization_alias="from", min_length=1, examples=[["news_masto"]]
+    )
+    targets: list[str] = Field(
+        validation_alias="to",
+        serialization_alias="to",
+        min_length=1,
+        examples=[["news_bsky", "news_tg"]],
+    )
+
+
+class Config(Section):
+    internal_keys: ClassVar[Mapping[str, str]] = {
+        "path": "the location of the file itself is not a setting; remove this key",
+    }
+
+    path: Path
+    relaybird: GlobalSettings = GlobalSettings()
+    accounts: dict[AccountName, AccountSettings] = Field(default_factory=dict)
+    routes: list[Route] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_accounts(cls, data: Any) -> Any:
+        """Accounts are named by their table keys; copy each key into the account it names."""
+        if isinstance(data, dict) and isinstance(data.get("accounts"), dict):
+            accounts = {
+                key: ({"name": key, **value} if isinstance(value, dict) else value)
+                for key, value in data["accounts"].items()
+            }
+            data = {**data, "accounts": accounts}
+        return data
+
+    @model_validator(mode="after")
+    def _check_across_tables(self) -> Self:
+        problems = cross_check(self)
+        if problems:
+            raise _CrossCheckFailed(problems)
+        return self
+
+    def state_path(self) -> Path:
+        """The SQLite file; a relative `state` is relative to the config file, not to the cwd."""
+        state = Path(self.relaybird.state).expanduser()
+        return state if state.is_absolute() else self.path.absolute().parent / state
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks across tables
+
+
+def cross_check(config: Config) -> list[Problem]:
+    """What no single table can know: routes must name existing accounts, names must be unique."""
+    problems = [
+        Problem(f"accounts.{key}.name", "does not match the account's table key")
+        for key, account in config.accounts.items()
+        if account.name != key
+    ]
+    if not config.accounts:
+        problems.append(
+            Problem(
+                "accounts",
+                "no accounts are defined; add at least one "
+                "[accounts.NAME] table (see config.example.toml)",
+            )
+        )
+    if not config.routes:
+        problems.append(
+            Problem(
+                "routes",
+                "no routes are defined; add a [[routes]] table with "
+                "name, from and to (see config.example.toml)",
+            )
+        )
+    seen_names: dict[str, int] = {}
+    for index, route in enumerate(config.routes):
+        problems.extend(_check_route(config, index, route))
+        if route.name in seen_names:
+            problems.append(
+                Problem(
+                    f"routes[{index}].name",
+                    f"route name {_quote(route.name)} is already used by "
+                    f"routes[{seen_names[route.name]}]; give each route its own name",
+                )
+            )
+        seen_names.setdefault(route.name, index)
+    return problems
+
+
+def _check_route(config: Config, index: int, route: Route) -> Iterator[Problem]:
+    for key, names in (("from", route.sources), ("to", route.targets)):
+        seen: set[str] = set()
+        for position, name in enumerate(names):
+            where = f"routes[{index}].{key}[{position}]"
+            if config.accounts and name not in config.accounts:
+                yield Problem(where, _unknown_account(name, config.accounts))
+            elif name in seen:
+                yield Problem(where, f"{_quote(name)} is listed twice; remove the duplicate")
+            elif key == "to" and name in route.sources:
+                yield Problem(
+                    where,
+                    f"{_quote(name)} is also in this route's from; a route cannot "
+                    "post back into the account it reads, remove it from one side",
+                )
+            seen.add(name)
+
+
+def _unknown_account(name: str, accounts: Mapping[str, object]) -> str:
+    shown = _quote(name) if NAME_PATTERN.fullmatch(name) else "this name"
+    message = f"no account is named {shown}; known accounts: {', '.join(sorted(accounts))}"
+    return message + _did_you_mean(name, accounts) + "; fix the name or add [accounts.NAME]"
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, expand and validate the file; any mistake a user can make raises `ConfigError`."""
+    path = Path(path)
+    environ = os.environ if environ is None else environ
+    data = _parse(path, _read(path))
+    expansion = _Expansion(environ)
+    data = expansion.expand(data, ())
+    problems = list(expansion.problems) + _reserved_keys(data)
+    data = _without_reserved_keys(data)
+    config: Config | None = None
+    try:
+        config = Config.model_validate({**data, "path": path.absolute()}, by_name=False)
+    except ValidationError as error:
+        expanded_where = {problem.where for problem in expansion.problems}
+        problems += [
+            problem
+            for problem in _translate(error)
+            if not _under_any(problem.where, expanded_where)
+        ]
+    if problems or config is None:
+        secrets = _secret_values(data) | expansion.substituted
+        unique = dict.fromkeys(_redact(problem, secrets) for problem in problems)
+        raise ConfigError(path, unique)
+    return config
+
+
+def _read(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            path,
+            [
+                Problem(
+                    "",
+                    "file not found; create it (start from "
+                    "config.example.toml) or give the right path",
+                )
+            ],
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(
+            path, [Problem("", "is a directory; give the path of the TOML file")]
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            path,
+            [
+                Problem(
+                    "", "cannot be read: permission denied; let the user running relaybird read it"
+                )
+            ],
+        ) from None
+    except OSError as error:
+        raise ConfigError(path, [Problem("", f"cannot be read: {error.strerror}")]) from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            path, [Problem(f"line {line}", "is not UTF-8 text; save the file as UTF-8")]
+        ) from None
+
+
+def _parse(path: Path, text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        match = _TOML_POSITION.match(str(error))
+        detail = match["msg"] if match else str(error)
+        where = (
+            f"line {match['line']}, column {match['col']}"
+            if match and match["line"]
+            else "end of file"
+        )
+        message = f"TOML syntax error: {detail[:1].lower()}{detail[1:]}; {_syntax_hint(detail)}"
+        raise ConfigError(path, [Problem(where, message)]) from None
+
+
+def _syntax_hint(detail: str) -> str:
+    """tomllib's own words are terse; the commonest slips get a concrete fix."""
+    detail = detail.lower()
+    if "twice" in detail or "overwrite" in detail or "duplicate" in detail:
+        return "each table and key may appear only once: merge or rename them"
+    if "invalid value" in detail:
+        return "text values need quotes, arrays are written [...]"
+    return "fix it there (see config.example.toml for the layout)"
+
+
+class _Expansion:
+    """Replaces `${VAR}` in every string value; `$${` stands for a literal `${`.
+
+    Unset variables are collected rather than raised so that all of them are reported at once; the
+    substituted values are remembered so that they can be kept out of every message.
+    """
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[Problem] = []
+        self.substituted: set[str] = set()
+
+    def expand(self, value: Any, loc: tuple[str | int, ...]) -> Any:
+        if isinstance(value, str):
+            return self._expand_text(value, loc)
+        if isinstance(value, dict):
+            return {key: self.expand(item, (*loc, key)) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.expand(item, (*loc, index)) for index, item in enumerate(value)]
+        return value
+
+    def _expand_text(self, text: str, loc: tuple[str | int, ...]) -> str:
+        return _ENV_REFERENCE.sub(lambda match: self._replace(match, loc), text)
+
+    def _problem(self, loc: tuple[str | int, ...], message: str) -> str:
+        self.problems.append(Problem(format_path(loc), message))
+        return ""
+
+    def _replace(self, match: re.Match[str], loc: tuple[str | int, ...]) -> str:
+        if match[0] == "$${":
+            return "${"
+        body = match["body"]
+        if match["close"] is None or not _ENV_NAME.fullmatch(body):
+            return self._problem(loc, _MALFORMED_REFERENCE)
+        if body not in self.environ:
+            return self._problem(
+                loc,
+                f"environment variable {body} is not set; set it before starting relaybird"
+                " (or write $${ for a literal ${)",
+            )
+        value = self.environ[body]
+        secret_key = bool(loc) and bool(_SECRET_KEY.search(str(loc[-1])))
+        if len(value) >= (_MIN_REDACTED_LENGTH if secret_key else _MIN_REDACTED_ENV_LENGTH):
+            self.substituted.add(value)
+        return value
+
+
+def _reserved_keys(data: Mapping[str, Any]) -> list[Problem]:
+    """Keys the loader fills in itself; written in the file they would silently win or clash."""
+    problems = [Problem(key, reason) for key, reason in Config.internal_keys.items() if key in data]
+    accounts = data.get("accounts")
+    if isinstance(accounts, dict):
+        problems += [
+            Problem(format_path(("accounts", name, key)), reason)
+            for name, table in accounts.items()
+            if isinstance(table, dict)
+            for key, reason in AccountBase.internal_keys.items()
+            if key in table
+        ]
+    return problems
+
+
+def _without_reserved_keys(data: dict[str, Any]) -> dict[str, Any]:
+    data = {key: value for key, value in data.items() if key not in Config.internal_keys}
+    if isinstance(data.get("accounts"), dict):
+        data["accounts"] = {
+            name: (
+                {k: v for k, v in table.items() if k not in AccountBase.internal_keys}
+                if isinstance(table, dict)
+                else table
+            )
+            for name, table in data["accounts"].items()
+        }
+    return data
+
+
+def _under_any(where: str, prefixes: set[str]) -> bool:
+    """Whether a problem sits at or below a key already reported (an unset variable's key)."""
+    return any(where == p or where.startswith((p + ".", p + "[")) for p in prefixes)
+
+
+def _secret_values(value: Any, secret: bool = False) -> set[str]:
+    if isinstance(value, dict):
+        return set().union(
+            *(
+                _secret_values(item, secret or bool(_SECRET_KEY.search(str(key))))
+                for key, item in value.items()
+            )
+        )
+    if isinstance(value, list):
+        return set().union(*(_secret_values(item, secret) for item in value))
+    text = str(value)
+    return {text} if secret and len(text) >= _MIN_REDACTED_LENGTH else set()
+
+
+def _redact(problem: Problem, secrets: set[str]) -> Problem:
+    """A last guard: messages are written not to echo values, but a secret must never get out."""
+    where, message = problem.where, problem.message
+    for secret in sorted(secrets, key=len, reverse=True):
+        where, message = where.replace(secret, "***"), message.replace(secret, "***")
+    return Problem(where, message)
+
+
+# --------------------------------------------------------------------------------------------------
+# Translating pydantic errors into plain words
+
+
+def _translate(error: ValidationError) -> list[Problem]:
+    problems: list[Problem] = []
+    # Unknown keys first: a misspelt key is usually why a required one is reported missing.
+    details = sorted(error.errors(include_url=False), key=lambda d: d["type"] != "extra_forbidden")
+    for detail in details:
+        failure = detail.get("ctx", {}).get("error")
+        if isinstance(failure, _CrossCheckFailed):
+            problems.extend(failure.problems)
+            continue
+        spot = _walk(detail["loc"])
+        if detail["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            spot.shown.append("network")
+        problems.append(Problem(format_path(spot.shown), _describe_error(detail, spot)))
+    return problems
+
+
+def _describe_error(detail: ErrorDetails, spot: _Spot) -> str:
+    kind, value = detail["type"], detail.get("input")
+    key = str(spot.shown[-1]) if spot.shown else ""
+    if kind == "relaybird":
+        return detail["msg"]
+    if kind == "extra_forbidden":
+        return _unknown_key(key, _keys_of(_walk(detail["loc"][:-1]).node))
+    if kind == "missing":
+        return f"required key {key} is missing; add it" + spot.example(", e.g. ")
+    if kind == "union_tag_not_found":
+        return f"required key network is missing; add network = one of: {', '.join(NETWORKS)}"
+    if kind == "union_tag_invalid":
+        tag = str(detail.get("ctx", {}).get("tag", ""))
+        return f"unknown network; valid networks: {', '.join(NETWORKS)}" + _did_you_mean(
+            tag, NETWORKS
+        )
+    if kind == "literal_error":
+        choices = [str(choice) for choice in _literal_choices(spot.node)]
+        hint = _did_you_mean(value, choices) if isinstance(value, str) else ""
+        return f"must be one of: {', '.join(choices)}{hint}"
+    if kind in ("too_short", "string_too_short"):
+        return "must not be empty" + spot.example("; e.g. ")
+    return _type_mismatch(kind, value, detail["msg"], spot)
+
+
+_EXPECTED = {
+    "string_type": "text in quotes",
+    "int_type": "a whole number",
+    "bool_type": "true or false",
+    "list_type": "an array [...]",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+    "float_type": "a number",
+}
+
+
+def _type_mismatch(kind: str, value: object, fallback: str, spot: _Spot) -> str:
+    expected = _EXPECTED.get(kind)
+    if expected is None:
+        return fallback[:1].lower() + fallback[1:]
+    message = f"expected {expected}, got {_toml_type(value)}"
+    if spot.shown == ["routes"]:
+        return message + "; write each route as a [[routes]] table (double brackets)"
+    if expected == "a table" and all(isinstance(part, str) for part in spot.shown):
+        return message + f"; write it as a [{format_path(spot.shown)}] table"
+    return message + spot.example("; e.g. ")
+
+
+def _unknown_key(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key {key}; did you mean {close[0]}?"
+    listing = f"valid keys here: {', '.join(valid)}" if valid else "remove it"
+    return f"unknown key {key}; {listing}"
+
+
+def _did_you_mean(value: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {_quote(close[0])}?)" if close else ""
+
+
+def _toml_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    names = {str: "text", int: "an integer", float: "a number", list: "an array", dict: "a table"}
+    return next((name for kind, name in names.items() if isinstance(value, kind)), "a date/time")
+
+
+def _toml_literal(value: object) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_literal(item) for item in value) + "]"
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def _quote(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def format_path(parts: Iterable[str | int]) -> str:
+    """Key path as a user would write it: ``routes[0].to[1]``, ``accounts."odd name".handle``."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            key = part if NAME_PATTERN.fullmatch(part) else _quote(part)
+            text += f".{key}" if text else key
+    return text
+
+
+@dataclass
+class _Spot:
+    """Where a pydantic error location points: the path users see, the type expected there, and
+    the model field last entered on the way (its TOML key and example feed the hints)."""
+
+    shown: list[str | int]
+    node: Any
+    key: str = ""
+    field: FieldInfo | None = None
+
+    def example(self, lead: str) -> str:
+        if self.field is None or not self.field.examples:
+            return ""
+        return f"{lead}{self.key} = {_toml_literal(self.field.examples[0])}"
+
+
+def _walk(loc: tuple[str | int, ...]) -> _Spot:
+    """Follow a location from `Config` down the annotations; union tags and dict-key markers that
+    pydantic adds to locations are dropped from the path shown."""
+    spot = _Spot(shown=[], node=Config)
+    for part in loc:
+        if part == "[key]":
+            continue
+        node = _strip_annotated(spot.node)
+        field = _field_of(node, part)
+        if field is not None:
+            spot.node, spot.key, spot.field = field.annotation, str(part), field
+            spot.shown.append(part)
+            continue
+        spot.node, hidden = _step_into_container(node, part)
+        if not hidden:
+            spot.shown.append(part)
+    return spot
+
+
+def _field_of(node: Any, part: str | int) -> FieldInfo | None:
+    if not (isinstance(node, type) and issubclass(node, BaseModel)):
+        return None
+    return next(
+        (field for name, field in node.model_fields.items() if _toml_key(name, field) == part), None
+    )
+
+
+def _step_into_container(node: Any, part: str | int) -> tuple[Any, bool]:
+    origin, args = typing.get_origin(node), typing.get_args(node)
+    if origin is dict:
+        return args[1], False
+    if origin is list:
+        return args[0], False
+    if origin in (typing.Union, types.UnionType):
+        for member in args:
+            if _is_model(member) and part in _literal_choices(member.model_fields["network"]):
+                return member, True
+    return None, False
+
+
+def _is_model(node: Any) -> bool:
+    return isinstance(node, type) and issubclass(node, BaseModel)
+
+
+def _strip_annotated(node: Any) -> Any:
+    while typing.get_origin(node) is Annotated:
+        node = typing.get_args(node)[0]
+    return node
+
+
+def _toml_key(name: str, field: FieldInfo) -> str:
+    return field.validation_alias if isinstance(field.validation_alias, str) else name
+
+
+def _keys_of(node: Any) -> list[str]:
+    node = _strip_annotated(node)
+    if not (isinstance(node, type) and issubclass(node, Section)):
+        return []
+    return [
+        _toml_key(name, field)
+        for name, field in node.model_fields.items()
+        if name not in node.internal_keys
+    ]
+
+
+def _literal_choices(node: Any) -> tuple[Any, ...]:
+    annotation = _strip_annotated(getattr(node, "annotation", node))
+    return typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary for `relaybird check`
+
+
+def describe(config: Config) -> Group:
+    """Accounts and routes as rich tables for `relaybird check`; never shows a secret.
+
+    Values go in as `Text` so that a name with brackets is never read as rich markup.
+    """
+    accounts = Table(title="Accounts", title_justify="left")
+    for column in ("name", "network", "base_url", "handle / chat"):
+        accounts.add_column(column)
+    for name, account in config.accounts.items():
+        accounts.add_row(
+            Text(name),
+            Text(account.network),
+            Text(account.base_url),
+            Text(account.identity() or "-"),
+        )
+    routes = Table(title="Routes", title_justify="left")
+    for column in ("name", "from", "", "to"):
+        routes.add_column(column)
+    for route in config.routes:
+        routes.add_row(
+            Text(route.name),
+            Text(", ".join(route.sources)),
+            Text("→"),
+            Text(", ".join(route.targets)),
+        )
+    return Group(
+        Text(f"{config.path}: {len(config.accounts)} account(s), {len(config.routes)} route(s)"),
+        accounts,
+        routes,
+    )

@@ -1,0 +1,1 @@
+"""Network adapters: one module per network, each implementing `networks.base.Network`."""

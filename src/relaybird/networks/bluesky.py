@@ -1,0 +1,241 @@
+"""Bluesky: posting through the atproto SDK with record keys chosen before the call.
+
+A post's record key (a TID) is generated and stored before `createRecord`; a retry after a crash first
+asks `getRecord` whether that key already landed, so a post is never created twice. The login session is
+kept in the store and refreshed, because `createSession` is strictly rate-limited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from atproto import AsyncClient, SessionEvent
+from atproto_client.exceptions import (
+    AtProtocolError,
+    BadRequestError,
+    NetworkError,
+    RateLimitExceededError,
+    RequestErrorBase,
+    UnauthorizedError,
+)
+
+from relaybird.config import BlueskyAccount
+from relaybird.media import image_size
+from relaybird.model import Media, Post, TargetRef
+from relaybird.networks.base import (
+    Capabilities,
+    EventSink,
+    PermanentError,
+    RateLimited,
+    ReplyTarget,
+    TemporaryError,
+)
+from relaybird.networks.bluesky_format import (
+    BLUESKY_MAX_GRAPHEMES,
+    measure_bluesky,
+    post_to_record_text,
+)
+from relaybird.store import Store
+
+log = logging.getLogger(__name__)
+
+POST_COLLECTION = "app.bsky.feed.post"
+MAX_BLOB_BYTES = 1_000_000
+TID_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
+
+CAPABILITIES = Capabilities(
+    max_text=BLUESKY_MAX_GRAPHEMES,
+    measure=measure_bluesky,
+    max_media=4,
+    max_image_bytes=MAX_BLOB_BYTES,
+)
+
+
+class TidClock:
+    """Record keys as the AT Protocol wants them: 13 sortable base32 chars of time and a clock id.
+
+    Keys from one clock strictly increase even within a microsecond, so two parts of a thread never
+    collide.
+    """
+
+    def __init__(self) -> None:
+        self.clock_id = random.getrandbits(10)
+        self.last = 0
+
+    def next(self) -> str:
+        micros = max(time.time_ns() // 1000, self.last + 1)
+        self.last = micros
+        value = (micros << 10) | self.clock_id
+        chars = []
+        for _ in range(13):
+            chars.append(TID_ALPHABET[value & 31])
+            value >>= 5
+        return "".join(reversed(chars))
+
+
+def error_name(error: RequestErrorBase) -> str:
+    content = error.response.content if error.response is not None else None
+    name = getattr(content, "error", None) or (
+        content.get("error") if isinstance(content, dict) else None
+    )
+    message = getattr(content, "message", None) or (
+        content.get("message") if isinstance(content, dict) else None
+    )
+    return f"{name or 'error'}: {message or ''}".strip(": ")
+
+
+class BlueskyNetwork:
+    network = "bluesky"
+    capabilities = CAPABILITIES
+
+    def __init__(self, account: BlueskyAccount, store: Store) -> None:
+        self.name = account.name
+        self.base_url = str(account.base_url).rstrip("/")
+        self.handle = account.handle
+        self._password = account.app_password.get_secret_value()
+        self.store = store
+        self.client = AsyncClient(base_url=f"{self.base_url}/xrpc")
+        self.client.on_session_change(self._session_changed)
+        self.tids = TidClock()
+        self.did = ""
+
+    async def _session_changed(self, event: SessionEvent, session: Any) -> None:
+        if event in (SessionEvent.CREATE, SessionEvent.REFRESH):
+            self.store.set_session(self.name, session.export())
+
+    async def open(self) -> None:
+        """Resume the stored session when it still works; log in with the password only otherwise."""
+        saved = self.store.session(self.name)
+        if saved:
+            try:
+                await self.client.login(session_string=saved, fetch_bsky_profile=False)
+                await self.client.com.atproto.server.get_session()
+                self.did = self.client._session.did if self.client._session else ""
+                log.info("%s: resumed the stored Bluesky session", self.name)
+                return
+            except (AtProtocolError, ValueError) as error:
+                log.info(
+                    "%s: stored session no longer valid (%s); logging in",
+                    self.name,
+                    type(error).__name__,
+                )
+        try:
+            session = await self.client.login(self.handle, self._password, fetch_bsky_profile=False)
+        except UnauthorizedError as error:
+            raise PermanentError(
+                f"{self.name}: Bluesky refused the handle or app password"
+            ) from error
+        except RateLimitExceededError as error:
+            raise TemporaryError(f"{self.name}: Bluesky login is rate limited") from error
+        del session
+        self.did = self.client._session.did if self.client._session else ""
+
+    async def close(self) -> None:
+        return None
+
+    async def listen(self, cursor: str | None, sink: EventSink) -> None:
+        """Posts from Bluesky are not read yet: say so instead of pretending to listen."""
+        sink.set_connected(self.name, False, "Bluesky as a source is not supported yet")
+        log.error(
+            "%s: Bluesky as a source is not supported yet; nothing is read from it", self.name
+        )
+        await asyncio.Event().wait()
+
+    def new_key(self) -> str:
+        return self.tids.next()
+
+    async def publish(
+        self, post: Post, reply_to: ReplyTarget | None, key: str, retrying: bool
+    ) -> TargetRef:
+        try:
+            if retrying:
+                existing = await self._existing(key)
+                if existing is not None:
+                    return existing
+            record = await self._record(post, reply_to)
+            response = await self.client.com.atproto.repo.create_record(
+                {"repo": self.did, "collection": POST_COLLECTION, "rkey": key, "record": record}
+            )
+            return self._ref(response.uri, response.cid)
+        except RateLimitExceededError as error:
+            reset = getattr(error, "reset", None)
+            retry_at = float(reset) if isinstance(reset, int | float) else time.time() + 60
+            raise RateLimited(
+                f"{self.name}: rate limited ({error_name(error)})", retry_at
+            ) from error
+        except UnauthorizedError as error:
+            raise PermanentError(
+                f"{self.name}: Bluesky refused our session ({error_name(error)})"
+            ) from error
+        except BadRequestError as error:
+            raise PermanentError(
+                f"{self.name}: Bluesky refused the post ({error_name(error)})"
+            ) from error
+        except NetworkError as error:
+            raise TemporaryError(f"{self.name}: network error ({type(error).__name__})") from error
+        except RequestErrorBase as error:
+            raise TemporaryError(f"{self.name}: Bluesky answered {error}") from error
+
+    def _ref(self, uri: str, cid: str) -> TargetRef:
+        rkey = uri.rsplit("/", 1)[-1]
+        url = f"https://bsky.app/profile/{self.handle}/post/{rkey}"
+        return TargetRef(id=uri, url=url, cid=cid)
+
+    async def _existing(self, rkey: str) -> TargetRef | None:
+        try:
+            found = await self.client.com.atproto.repo.get_record(
+                {"repo": self.did, "collection": POST_COLLECTION, "rkey": rkey}
+            )
+        except BadRequestError:
+            return None
+        if found.cid is None:
+            return None
+        return self._ref(found.uri, found.cid)
+
+    async def _record(self, post: Post, reply_to: ReplyTarget | None) -> dict[str, Any]:
+        text, facets = post_to_record_text(post)
+        record: dict[str, Any] = {
+            "$type": POST_COLLECTION,
+            "text": text,
+            "createdAt": datetime.now(UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+        }
+        if facets:
+            record["facets"] = facets
+        if post.language:
+            record["langs"] = [post.language]
+        if reply_to is not None:
+            record["reply"] = {
+                "root": {"uri": reply_to.root.id, "cid": reply_to.root.cid},
+                "parent": {"uri": reply_to.parent.id, "cid": reply_to.parent.cid},
+            }
+        if post.media:
+            record["embed"] = {
+                "$type": "app.bsky.embed.images",
+                "images": [await self._image(item) for item in post.media],
+            }
+        return record
+
+    async def _image(self, item: Media) -> dict[str, Any]:
+        assert item.data is not None
+        uploaded = await self.client.com.atproto.repo.upload_blob(item.data)
+        blob = uploaded.blob
+        image: dict[str, Any] = {
+            "alt": item.alt,
+            "image": {
+                "$type": "blob",
+                "ref": {"$link": str(blob.ref.link if hasattr(blob.ref, "link") else blob.cid)},
+                "mimeType": blob.mime_type,
+                "size": blob.size,
+            },
+        }
+        size = image_size(item.data)
+        if size is not None:
+            image["aspectRatio"] = {"width": size[0], "height": size[1]}
+        return image

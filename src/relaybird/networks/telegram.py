@@ -1,0 +1,173 @@
+"""Telegram: posting to a channel or group through python-telegram-bot's `Bot`.
+
+The Bot API has no idempotency key, so a send whose outcome is unknown (a timeout after the request
+left) is never retried automatically: Telegram delivery is at most once, and such a delivery is
+dead-lettered for the operator to check. Sends that the server clearly refused or never received are
+retried as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+import uuid
+from typing import Any
+
+from telegram import Bot, InputMediaPhoto, Message, MessageEntity, ReplyParameters
+from telegram.error import (
+    BadRequest,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
+
+from relaybird import richtext
+from relaybird.config import TelegramAccount
+from relaybird.model import Post, TargetRef
+from relaybird.networks.base import (
+    Capabilities,
+    EventSink,
+    PermanentError,
+    RateLimited,
+    ReplyTarget,
+    TemporaryError,
+)
+from relaybird.networks.telegram_format import post_to_entities
+
+log = logging.getLogger(__name__)
+
+CAPABILITIES = Capabilities(
+    max_text=4096,
+    max_text_with_media=1024,
+    measure=lambda text, spans: richtext.count_utf16(text),
+    max_media=10,
+    max_image_bytes=10 * 1024 * 1024,
+    alt_text=False,
+    idempotent_create=False,
+)
+
+
+def retry_seconds(error: RetryAfter) -> float:
+    value = error.retry_after
+    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+
+
+class TelegramNetwork:
+    network = "telegram"
+    capabilities = CAPABILITIES
+
+    def __init__(self, account: TelegramAccount) -> None:
+        self.name = account.name
+        root = str(account.base_url).rstrip("/")
+        self.chat_ref: str | int = account.chat
+        self.bot = Bot(
+            account.bot_token.get_secret_value(),
+            base_url=f"{root}/bot",
+            base_file_url=f"{root}/file/bot",
+        )
+        self.chat_id: int = 0
+        self.chat_username: str | None = None
+
+    async def open(self) -> None:
+        try:
+            await self.bot.initialize()
+            chat = await self.bot.get_chat(self.chat_ref)
+        except InvalidToken as error:
+            raise PermanentError(f"{self.name}: Telegram refused the bot token") from error
+        except (BadRequest, Forbidden) as error:
+            raise PermanentError(
+                f"{self.name}: cannot use chat {self.chat_ref}: {error.message}"
+            ) from error
+        except TelegramError as error:
+            raise TemporaryError(
+                f"{self.name}: Telegram unreachable: {type(error).__name__}"
+            ) from error
+        self.chat_id = chat.id
+        self.chat_username = chat.username
+
+    async def close(self) -> None:
+        await self.bot.shutdown()
+
+    async def listen(self, cursor: str | None, sink: EventSink) -> None:
+        """Messages from Telegram are not read yet: say so instead of pretending to listen."""
+        sink.set_connected(self.name, False, "Telegram as a source is not supported yet")
+        log.error(
+            "%s: Telegram as a source is not supported yet; nothing is read from it", self.name
+        )
+        await asyncio.Event().wait()
+
+    def new_key(self) -> str:
+        return uuid.uuid4().hex
+
+    def _ref(self, message: Message) -> TargetRef:
+        url = (
+            f"https://t.me/{self.chat_username}/{message.message_id}" if self.chat_username else ""
+        )
+        return TargetRef(id=f"{self.chat_id}:{message.message_id}", url=url)
+
+    async def publish(
+        self, post: Post, reply_to: ReplyTarget | None, key: str, retrying: bool
+    ) -> TargetRef:
+        text, entities = post_to_entities(post)
+        message_entities = [MessageEntity(**entity) for entity in entities]
+        reply = None
+        if reply_to is not None:
+            reply = ReplyParameters(
+                message_id=int(reply_to.parent.id.rsplit(":", 1)[1]),
+                allow_sending_without_reply=True,
+            )
+        try:
+            return self._ref(await self._send(post, text, message_entities, reply))
+        except RetryAfter as error:
+            retry_at = time.time() + retry_seconds(error)
+            raise RateLimited(
+                f"{self.name}: flood control, retry in {retry_seconds(error):.0f} s", retry_at
+            ) from error
+        except TimedOut as error:
+            raise PermanentError(
+                f"{self.name}: timed out; Telegram cannot tell whether the message landed, so it is"
+                " not retried automatically (check the chat, then `relaybird retry`)"
+            ) from error
+        except (BadRequest, Forbidden, InvalidToken) as error:
+            raise PermanentError(
+                f"{self.name}: Telegram refused the message: {error.message}"
+            ) from error
+        except NetworkError as error:
+            raise TemporaryError(f"{self.name}: network error: {error.message}") from error
+
+    async def _send(
+        self,
+        post: Post,
+        text: str,
+        entities: list[MessageEntity],
+        reply: ReplyParameters | None,
+    ) -> Message:
+        common: dict[str, Any] = {"chat_id": self.chat_id, "reply_parameters": reply}
+        photos = [item.data for item in post.media if item.data is not None]
+        spoiler = post.sensitive or any(item.sensitive for item in post.media)
+        if not photos:
+            return await self.bot.send_message(text=text, entities=entities or None, **common)
+        if len(photos) == 1:
+            return await self.bot.send_photo(
+                photo=photos[0],
+                caption=text or None,
+                caption_entities=entities or None,
+                has_spoiler=spoiler,
+                **common,
+            )
+        album = [
+            InputMediaPhoto(
+                media=data,
+                caption=text if index == 0 and text else None,
+                caption_entities=entities if index == 0 and entities else None,
+                has_spoiler=spoiler,
+            )
+            for index, data in enumerate(photos)
+        ]
+        messages = await self.bot.send_media_group(media=album, **common)
+        return messages[0]

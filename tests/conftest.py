@@ -1,0 +1,123 @@
+"""Shared fixtures: the three sandbox networks on a background loop, and a config that mirrors them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mastodon import Mastodon
+
+from relaybird.sandbox.bluesky import BlueskySandbox
+from relaybird.sandbox.mastodon import MastodonSandbox
+from relaybird.sandbox.telegram import TelegramSandbox
+from tests.harness import Daemon, LoopThread, free_port
+
+SECRETS = {
+    "MASTODON_TOKEN": "",
+    "BSKY_APP_PASSWORD": "sandbox-app-password-1234",
+    "TELEGRAM_BOT_TOKEN": "",
+}
+
+
+@dataclass
+class Networks:
+    """Sandboxes plus the accounts the tests' config uses, and a config file mirroring them."""
+
+    loop: LoopThread
+    masto: MastodonSandbox
+    bsky: BlueskySandbox
+    tg: TelegramSandbox
+    folder: Path
+    env: dict[str, str]
+    masto_token: str
+    bsky_did: str
+    bsky_handle: str
+    channel: str
+    listen_port: int
+
+    def editor(self) -> Mastodon:
+        """Mastodon.py as the newsroom's editor, posting by hand."""
+        return Mastodon(
+            api_base_url=self.masto.base_url,
+            access_token=self.masto_token,
+            version_check_mode="none",
+        )
+
+    def write_config(self, bsky_url: str | None = None, extra: str = "") -> Path:
+        path = self.folder / "relaybird.toml"
+        path.write_text(
+            f"""[relaybird]
+state = "state.sqlite3"
+listen = "127.0.0.1:{self.listen_port}"
+log_level = "debug"
+
+[accounts.news_masto]
+network = "mastodon"
+base_url = "{self.masto.base_url}"
+access_token = "${{MASTODON_TOKEN}}"
+
+[accounts.news_bsky]
+network = "bluesky"
+base_url = "{bsky_url or self.bsky.base_url}"
+handle = "{self.bsky_handle}"
+app_password = "${{BSKY_APP_PASSWORD}}"
+
+[accounts.news_tg]
+network = "telegram"
+base_url = "{self.tg.root_url}"
+bot_token = "${{TELEGRAM_BOT_TOKEN}}"
+chat = "{self.channel}"
+
+[[routes]]
+name = "mirror"
+from = ["news_masto"]
+to = ["news_bsky", "news_tg"]
+{extra}""",
+            encoding="utf-8",
+        )
+        return path
+
+    def daemon(self, config: Path | None = None) -> Daemon:
+        return Daemon(config or self.write_config(), self.listen_port, self.env)
+
+    def bsky_posts(self) -> list[Any]:
+        return self.loop.call(self.bsky.records, self.bsky_did)
+
+    def tg_messages(self) -> list[dict[str, Any]]:
+        return self.loop.call(self.tg.messages_in, self.channel)
+
+
+@pytest.fixture
+def networks(tmp_path: Path) -> Iterator[Networks]:
+    loop = LoopThread()
+    masto = MastodonSandbox(defer_image_processing=False)
+    bsky, tg = BlueskySandbox(), TelegramSandbox()
+    loop.run(masto.start())
+    loop.run(bsky.start())
+    loop.run(tg.start())
+    editor = loop.call(masto.create_account, "newsroom", "The Newsroom")
+    account = loop.call(bsky.create_account, "newsroom.bsky.sandbox", SECRETS["BSKY_APP_PASSWORD"])
+    bot = loop.call(tg.create_bot, "relaybird_bot", "relaybird")
+    loop.call(tg.create_channel, "newsroom_channel", "The Newsroom", [bot.id])
+    env = {**SECRETS, "MASTODON_TOKEN": editor.token, "TELEGRAM_BOT_TOKEN": bot.token}
+    try:
+        yield Networks(
+            loop=loop,
+            masto=masto,
+            bsky=bsky,
+            tg=tg,
+            folder=tmp_path,
+            env=env,
+            masto_token=editor.token,
+            bsky_did=account.did,
+            bsky_handle=account.handle,
+            channel="@newsroom_channel",
+            listen_port=free_port(),
+        )
+    finally:
+        for sandbox in (masto, bsky, tg):
+            loop.run(sandbox.stop())
+        loop.stop()

@@ -1,0 +1,492 @@
+"""The configuration contract: what loads, what it means, and what users are told when it is wrong.
+
+Broken files live in tests/configs/bad/, each starting with comment lines that say what must be
+reported: pairs of ``# where: <key path or line/column>`` and ``# expect: <message fragment>``, and
+optionally ``# secret: <text>`` for a value that must never appear in the message.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, SecretStr, ValidationError
+from rich.console import Console
+
+from relaybird.config import (
+    BlueskyAccount,
+    Config,
+    ConfigError,
+    GlobalSettings,
+    MastodonAccount,
+    Route,
+    TelegramAccount,
+    describe,
+    load_config,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = Path(__file__).resolve().parent / "configs"
+BAD = sorted((CONFIGS / "bad").glob("*.toml"))
+GOOD = sorted((CONFIGS / "good").glob("*.toml"))
+
+SECRETS = {
+    "MASTODON_TOKEN": "mastodon-secret-token-Zq81",
+    "BSKY_APP_PASSWORD": "bsky-secret-app-pw-Xk3",
+    "TELEGRAM_BOT_TOKEN": "123456:telegram-secret-token-Wv9",
+}
+ENV = {
+    **SECRETS,
+    "RELAYBIRD_TEST_STATE_DIR": "/srv/relay",
+    "RELAYBIRD_TEST_PORT": "9999",
+    "RELAYBIRD_TEST_CHAT_ID": "-100777",
+    "RELAYBIRD_TEST_ROUTE": "from-env",
+    "RELAYBIRD_TEST_SOURCE": "bsky",
+}
+
+MINIMAL = """
+[accounts.masto]
+network = "mastodon"
+base_url = "https://mastodon.example"
+access_token = "${MASTODON_TOKEN}"
+
+[accounts.bsky]
+network = "bluesky"
+handle = "news.example.org"
+app_password = "${BSKY_APP_PASSWORD}"
+
+[[routes]]
+name = "mirror"
+from = ["masto"]
+to = ["bsky"]
+"""
+
+
+@dataclass
+class Expectation:
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)
+
+
+def read_expectation(path: Path) -> Expectation:
+    expectation = Expectation()
+    where: str | None = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"# (where|expect|secret): (.*)$", line)
+        if not match:
+            continue
+        key, value = match.groups()
+        if key == "where":
+            where = value
+        elif key == "expect":
+            assert where is not None, f"{path.name}: '# expect:' needs a '# where:' before it"
+            expectation.pairs.append((where, value))
+            where = None
+        else:
+            expectation.secrets.append(value)
+    assert expectation.pairs, f"{path.name} has no '# where:' / '# expect:' header"
+    return expectation
+
+
+def write(tmp_path: Path, text: str, name: str = "relaybird.toml") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error_of(path: Path, environ: dict[str, str] | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ENV if environ is None else environ)
+    return caught.value
+
+
+def render(renderable: object) -> str:
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console.print(renderable)
+    output = console.file.getvalue()  # type: ignore[attr-defined]
+    assert isinstance(output, str)
+    return output
+
+
+# ------------------------------------------------------------------------------------------------
+# The corpus
+
+
+def test_corpus_is_not_empty() -> None:
+    assert len(BAD) >= 40
+    assert len(GOOD) >= 3
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_bad_config_is_reported_with_file_key_path_and_advice(path: Path) -> None:
+    expectation = read_expectation(path)
+    error = error_of(path)
+    lines = str(error).splitlines()
+    for where, fragment in expectation.pairs:
+        prefix = f"{path}: {where}: "
+        assert any(line.startswith(prefix) and fragment in line for line in lines), (
+            f"no line starting {prefix!r} containing {fragment!r} in:\n{error}"
+        )
+    assert len(lines) == len(expectation.pairs), f"unexpected extra problems:\n{error}"
+    for secret in [*SECRETS.values(), *expectation.secrets]:
+        assert secret not in str(error)
+        assert secret not in repr(error)
+
+
+@pytest.mark.parametrize("path", GOOD, ids=[p.stem for p in GOOD])
+def test_good_config_loads(path: Path) -> None:
+    config = load_config(path, ENV)
+    assert config.accounts
+    assert config.routes
+    assert config.path == path.absolute()
+
+
+def test_example_config_loads_with_its_variables_set() -> None:
+    config = load_config(ROOT / "config.example.toml", SECRETS)
+    assert set(config.accounts) == {"news_masto", "news_bsky", "news_tg"}
+    assert [(r.name, r.sources, r.targets) for r in config.routes] == [
+        ("mirror", ["news_masto"], ["news_bsky", "news_tg"])
+    ]
+    masto = config.accounts["news_masto"]
+    assert isinstance(masto, MastodonAccount)
+    assert masto.access_token.get_secret_value() == SECRETS["MASTODON_TOKEN"]
+
+
+def test_example_config_names_every_missing_variable() -> None:
+    error = error_of(ROOT / "config.example.toml", {})
+    message = str(error)
+    for variable, key in [
+        ("MASTODON_TOKEN", "accounts.news_masto.access_token"),
+        ("BSKY_APP_PASSWORD", "accounts.news_bsky.app_password"),
+        ("TELEGRAM_BOT_TOKEN", "accounts.news_tg.bot_token"),
+    ]:
+        assert f"{key}: environment variable {variable} is not set" in message
+    assert len(error.problems) == 3, message
+
+
+def test_example_config_documents_every_key() -> None:
+    text = (ROOT / "config.example.toml").read_text(encoding="utf-8")
+    keys = set(re.findall(r"^([a-z_]+) =", text, re.MULTILINE))
+    models: list[type[BaseModel]] = [
+        GlobalSettings,
+        MastodonAccount,
+        BlueskyAccount,
+        TelegramAccount,
+        Route,
+    ]
+    documented = {
+        (info.validation_alias if isinstance(info.validation_alias, str) else name)
+        for model in models
+        for name, info in model.model_fields.items()
+        if name != "name"
+    } | {"name"}
+    assert documented <= keys
+
+
+# ------------------------------------------------------------------------------------------------
+# Expansion of ${VAR}
+
+
+def test_env_variables_are_expanded_in_every_string_value() -> None:
+    config = load_config(CONFIGS / "good" / "env_everywhere.toml", ENV)
+    assert config.relaybird.state == "/srv/relay/relaybird.sqlite3"
+    assert config.relaybird.listen_address() == ("::1", 9999)
+    assert config.routes[0].name == "from-env"
+    assert config.routes[0].sources == ["bsky"]
+    telegram = config.accounts["tg"]
+    assert isinstance(telegram, TelegramAccount)
+    assert telegram.chat == -100777
+    assert telegram.bot_token.get_secret_value() == SECRETS["TELEGRAM_BOT_TOKEN"]
+
+
+def test_double_dollar_brace_is_a_literal() -> None:
+    config = load_config(CONFIGS / "good" / "env_everywhere.toml", ENV)
+    bluesky = config.accounts["bsky"]
+    assert isinstance(bluesky, BlueskyAccount)
+    assert bluesky.app_password.get_secret_value() == "${not-a-variable}"
+
+
+def test_several_variables_in_one_value(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL.replace('access_token = "${MASTODON_TOKEN}"', 'access_token = "${A}-${B}$${C}"'),
+    )
+    config = load_config(path, {**ENV, "A": "one", "B": "two"})
+    masto = config.accounts["masto"]
+    assert isinstance(masto, MastodonAccount)
+    assert masto.access_token.get_secret_value() == "one-two${C}"
+
+
+def test_environ_defaults_to_the_process_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    config = load_config(write(tmp_path, MINIMAL))
+    masto = config.accounts["masto"]
+    assert isinstance(masto, MastodonAccount)
+    assert masto.access_token.get_secret_value() == SECRETS["MASTODON_TOKEN"]
+
+
+def test_unset_variable_is_reported_once_not_as_an_empty_value(tmp_path: Path) -> None:
+    error = error_of(write(tmp_path, MINIMAL), {"MASTODON_TOKEN": "x" * 10})
+    assert [(p.where, "BSKY_APP_PASSWORD" in p.message) for p in error.problems] == [
+        ("accounts.bsky.app_password", True)
+    ]
+
+
+def test_every_unset_variable_is_reported(tmp_path: Path) -> None:
+    error = error_of(write(tmp_path, MINIMAL), {})
+    assert {p.where for p in error.problems} == {
+        "accounts.masto.access_token",
+        "accounts.bsky.app_password",
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Defaults and derived values
+
+
+def test_defaults_fill_what_is_left_out() -> None:
+    config = load_config(CONFIGS / "good" / "minimal.toml", ENV)
+    assert config.relaybird == GlobalSettings(
+        state="relaybird.sqlite3", listen="127.0.0.1:9810", log_level="info", log_format="text"
+    )
+    assert config.relaybird.listen_address() == ("127.0.0.1", 9810)
+    telegram = config.accounts["tg"]
+    assert isinstance(telegram, TelegramAccount)
+    assert telegram.base_url == "https://api.telegram.org"
+    assert telegram.chat == -1001234567890
+    assert telegram.name == "tg"
+
+
+def test_bluesky_base_url_defaults_to_the_entryway(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL), ENV)
+    assert config.accounts["bsky"].base_url == "https://bsky.social"
+
+
+def test_values_are_normalised() -> None:
+    config = load_config(CONFIGS / "good" / "both_ways.toml", ENV)
+    assert config.relaybird.log_level == "debug"
+    assert config.relaybird.listen_address() is None
+    bluesky = config.accounts["bsky"]
+    assert isinstance(bluesky, BlueskyAccount)
+    assert bluesky.handle == "alice.test"
+    assert config.accounts["tg-group"].base_url == "http://127.0.0.1:8081/custom"
+    minimal = load_config(CONFIGS / "good" / "minimal.toml", ENV)
+    assert minimal.accounts["masto"].base_url == "https://mastodon.example"
+
+
+def test_relative_state_is_resolved_against_the_config_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, '[relaybird]\nstate = "data/relay.sqlite3"\n' + MINIMAL, "etc/relay.toml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(tmp_path)
+    config = load_config(Path("etc/relay.toml"), ENV)
+    monkeypatch.chdir(elsewhere)
+    assert config.state_path() == tmp_path / "etc" / "data" / "relay.sqlite3"
+    assert config.state_path().is_absolute()
+
+
+def test_default_state_sits_beside_the_config(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL, "conf/relay.toml"), ENV)
+    assert config.state_path() == tmp_path / "conf" / "relaybird.sqlite3"
+
+
+def test_absolute_state_is_kept() -> None:
+    config = load_config(CONFIGS / "good" / "both_ways.toml", ENV)
+    assert config.state_path() == Path("/var/lib/relaybird/state.sqlite3")
+
+
+@pytest.mark.parametrize(
+    ("listen", "address"),
+    [
+        ("0.0.0.0:80", ("0.0.0.0", 80)),
+        ("localhost:0", ("localhost", 0)),
+        ("[::]:65535", ("::", 65535)),
+        ("", None),
+    ],
+)
+def test_listen_is_parsed(listen: str, address: tuple[str, int] | None) -> None:
+    assert GlobalSettings(listen=listen).listen_address() == address
+
+
+@pytest.mark.parametrize("listen", ["9810", "::1:9810", "host:", "host:65536", " host:1", "a b:1"])
+def test_bad_listen_is_refused(listen: str) -> None:
+    with pytest.raises(ValidationError):
+        GlobalSettings(listen=listen)
+
+
+# ------------------------------------------------------------------------------------------------
+# Secrets
+
+
+def test_secrets_are_absent_from_repr_and_str_of_config() -> None:
+    config = load_config(ROOT / "config.example.toml", SECRETS)
+    for text in (repr(config), str(config), config.model_dump_json()):
+        for secret in SECRETS.values():
+            assert secret not in text
+
+
+def test_secret_in_any_field_stays_out_of_errors(tmp_path: Path) -> None:
+    secret = "sup3r-s3cret-value"
+    text = MINIMAL.replace('handle = "news.example.org"', 'handle = "${LEAK}"').replace(
+        'base_url = "https://mastodon.example"', 'base_url = "${LEAK}"'
+    )
+    text += '\n[relaybird]\nlisten = "${LEAK}"\nlog_level = "${LEAK}"\n'
+    text += '\n[accounts.x]\nnetwork = "${LEAK}"\nacess_token = "literal-token-1234"\n'
+    error = error_of(write(tmp_path, text), {**ENV, "LEAK": secret})
+    assert {p.where for p in error.problems} >= {
+        "accounts.bsky.handle",
+        "accounts.masto.base_url",
+        "relaybird.listen",
+        "relaybird.log_level",
+        "accounts.x.network",
+    }
+    assert secret not in str(error)
+    assert "literal-token-1234" not in str(error)
+
+
+def test_value_from_environment_is_masked_where_a_message_would_echo_it(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace('to = ["bsky"]', 'to = ["${TARGET}"]'))
+    error = error_of(path, {**ENV, "TARGET": "glpat-abcdEFGH1234"})
+    assert str(error) == (
+        f'{path}: routes[0].to[0]: no account is named "***"; known accounts: bsky, masto;'
+        " fix the name or add [accounts.NAME]"
+    )
+
+
+def test_one_variable_unset_twice_in_a_value_is_reported_once(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace('"${MASTODON_TOKEN}"', '"${NOPE}:${NOPE}"'))
+    assert len(error_of(path).problems) == 1
+
+
+def test_secret_typed_as_number_stays_out_of_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace('"${MASTODON_TOKEN}"', "55501234567"))
+    error = error_of(path)
+    assert [p.where for p in error.problems] == ["accounts.masto.access_token"]
+    assert "55501234567" not in str(error)
+
+
+# ------------------------------------------------------------------------------------------------
+# Files that cannot be read or parsed
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    error = error_of(path)
+    assert str(error) == (
+        f"{path}: file not found; create it (start from config.example.toml) or give the right path"
+    )
+    assert error.path == path
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    assert str(error_of(tmp_path)).startswith(f"{tmp_path}: is a directory")
+
+
+def test_path_through_a_file_is_unreadable(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL) / "inner.toml"
+    assert str(error_of(path)).startswith(f"{path}: cannot be read: ")
+
+
+def test_file_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[relaybird]\nstate = "caf\xe9"\n'.encode("latin-1"))
+    assert str(error_of(path)) == f"{path}: line 2: is not UTF-8 text; save the file as UTF-8"
+
+
+def test_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + MINIMAL.encode())
+    assert set(load_config(path, ENV).accounts) == {"masto", "bsky"}
+
+
+def test_syntax_error_at_end_of_file(tmp_path: Path) -> None:
+    error = error_of(write(tmp_path, MINIMAL + '\n[accounts.x]\nnetwork = "telegram'))
+    assert [(p.where, p.message.split(";")[0]) for p in error.problems] == [
+        ("end of file", "TOML syntax error: unterminated string")
+    ]
+
+
+# ------------------------------------------------------------------------------------------------
+# Building a Config in code (other modules' tests do this)
+
+
+def test_config_can_be_built_in_code(tmp_path: Path) -> None:
+    config = Config(
+        path=tmp_path / "c.toml",
+        accounts={
+            "m": MastodonAccount(
+                name="m",
+                network="mastodon",
+                base_url="http://127.0.0.1:1",
+                access_token=SecretStr("t"),
+            ),
+            "t": TelegramAccount(
+                name="t", network="telegram", bot_token=SecretStr("b"), chat="@chan"
+            ),
+        },
+        routes=[Route(name="r", sources=["m"], targets=["t"])],
+    )
+    assert config.state_path() == tmp_path / "relaybird.sqlite3"
+    assert config.routes[0].model_dump(by_alias=True) == {"name": "r", "from": ["m"], "to": ["t"]}
+
+
+def test_config_built_in_code_is_cross_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=r"routes\[0\]\.to\[0\]: no account is named"):
+        Config(
+            path=tmp_path / "c.toml",
+            accounts={
+                "m": MastodonAccount(
+                    name="m", network="mastodon", base_url="http://h", access_token=SecretStr("t")
+                )
+            },
+            routes=[Route(name="r", sources=["m"], targets=["ghost"])],
+        )
+
+
+def test_config_is_immutable() -> None:
+    config = load_config(CONFIGS / "good" / "minimal.toml", ENV)
+    with pytest.raises(ValidationError):
+        config.relaybird.log_level = "debug"
+
+
+# ------------------------------------------------------------------------------------------------
+# describe()
+
+
+def test_describe_lists_accounts_and_routes_without_secrets() -> None:
+    config = load_config(CONFIGS / "good" / "both_ways.toml", ENV)
+    output = render(describe(config))
+    for expected in (
+        "masto",
+        "mastodon",
+        "http://127.0.0.1:8080",
+        "bsky",
+        "bluesky",
+        "alice.test",
+        "tg-group",
+        "telegram",
+        "@news_group",
+        "masto-out",
+        "bsky-back",
+        "bsky, tg-group",
+        "→",
+    ):
+        assert expected in output
+    for secret in SECRETS.values():
+        assert secret not in output
+    route_line = next(line for line in output.splitlines() if "masto-out" in line)
+    assert re.search(r"masto\s.*→.*bsky, tg-group", route_line)
+
+
+def test_describe_prints_names_literally(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace('name = "mirror"', 'name = "[bold]mirror[/bold]"'))
+    assert "[bold]mirror[/bold]" in render(describe(load_config(path, ENV)))
