@@ -14,6 +14,9 @@ from relaybird.sandbox.bluesky import BlueskySandbox
 from relaybird.sandbox.mastodon import MastodonSandbox
 from relaybird.sandbox.telegram import TelegramSandbox
 from tests.harness import Daemon, LoopThread, free_port
+from tests.realpds import real_pds_fixture
+
+real_pds = pytest.fixture(scope="session", name="real_pds")(real_pds_fixture())
 
 SECRETS = {
     "MASTODON_TOKEN": "",

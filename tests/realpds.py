@@ -7,6 +7,7 @@ absence is a failure, never a skip: install it with `npm ci` in tests/pds.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import os
@@ -43,8 +44,10 @@ class RealPds:
         self.url = ""
         self.plc_url = ""
         self._process: subprocess.Popen[str] | None = None
-        self._stderr_lines: list[str] = []
+        self._stderr_lines: collections.deque[str] = collections.deque(maxlen=200)
         self._counter = itertools.count(1)
+        # The tokens createAccount returns, by DID: a session without the 350 ms of a login.
+        self.sessions: dict[str, dict[str, str]] = {}
         # Keeps handles unique across PDS restarts within one test run, for readable logs.
         self._run_tag = secrets.token_hex(2)
 
@@ -104,7 +107,7 @@ class RealPds:
                 process.wait(timeout=5)
                 raise RealPdsError(
                     f"the PDS exited with code {process.returncode}:\n"
-                    + "".join(self._stderr_lines[-40:])
+                    + "".join(list(self._stderr_lines)[-40:])
                 )
             if line.startswith("{"):
                 parsed: dict[str, Any] = json.loads(line)
@@ -151,11 +154,13 @@ class RealPds:
     def create_account(self, handle_prefix: str) -> tuple[str, str, str]:
         """Create an account and return (did, handle, password).
 
-        The dev PDS needs no invite code and no e-mail check, but handles must end with `.test`,
-        be unique, and avoid its reserved words, hence the counter suffix.
+        The dev PDS needs no invite code and no e-mail check, but a handle is `<front>.test` with a
+        front of 3 to 18 characters, no dots, unique, and not one of its reserved words (`news`,
+        `other`, ...): the prefix is cut to 9 characters and given a unique suffix.
         """
         number = next(self._counter)
-        handle = f"{handle_prefix}-{self._run_tag}{number}{HANDLE_DOMAIN}".lower()
+        front = f"{handle_prefix[:9]}-{self._run_tag}{number}".lower()
+        handle = f"{front}{HANDLE_DOMAIN}"
         password = f"pw-{secrets.token_hex(8)}"
         answer = self.xrpc(
             "com.atproto.server.createAccount",
@@ -165,7 +170,12 @@ class RealPds:
                 "password": password,
             },
         )
-        return str(answer["did"]), str(answer["handle"]), password
+        did = str(answer["did"])
+        self.sessions[did] = {
+            "accessJwt": str(answer["accessJwt"]),
+            "refreshJwt": str(answer["refreshJwt"]),
+        }
+        return did, str(answer["handle"]), password
 
 
 def real_pds_fixture(*, rate_limits: bool = False) -> Callable[[], Iterator[RealPds]]:

@@ -17,7 +17,6 @@ from relaybird.model import Post, Span, SpanKind, Visibility
 from relaybird.networks.mastodon_format import (
     html_to_text,
     post_to_status_text,
-    status_length,
     status_to_post,
 )
 from tests.specs import load_spec
@@ -199,8 +198,8 @@ def test_bluesky_and_telegram_mentions_become_profile_links() -> None:
 def test_status_length_counts_what_is_sent() -> None:
     post = expected_post("status_reply_cw")
     sent = post_to_status_text(post)
-    assert status_length(post.text, post.spans) == richtext.count_mastodon(sent)
-    assert status_length(post.text, post.spans) == richtext.graphemes(sent) - len(
+    assert richtext.count_mastodon(post.text, post.spans) == richtext.count_mastodon(sent)
+    assert richtext.count_mastodon(post.text, post.spans) == richtext.graphemes(sent) - len(
         "https://docs.example.org/guide#threads"
     ) + 23 - len("@mastodon.example")
 

@@ -55,9 +55,9 @@ HOSTILE = [
     "नमस्ते",
     "\u1100\u1161\u11a8",  # Hangul jamo forming one syllable
     "กำ",
-    "你好。世界！再见",  # noqa: RUF001
+    "你好。世界！再见",
     "\u0600\u0661",  # Arabic number sign: a prepended mark
-    "𝐛𝐨𝐥𝐝 𝔣𝔯𝔞𝔨",  # noqa: RUF001 (astral letters: surrogate pairs in UTF-16)
+    "𝐛𝐨𝐥𝐝 𝔣𝔯𝔞𝔨",
     "\u200d",
     "\u00a0",
     "\r\n",
@@ -293,7 +293,7 @@ def test_scaled_max_enforces_every_limit_at_once() -> None:
 
 def test_utf16_measure_counts_surrogate_pairs_twice() -> None:
     assert count_utf16("a😀") == 3
-    assert count_utf16("𝐛𝐨𝐥𝐝") == 8  # noqa: RUF001
+    assert count_utf16("𝐛𝐨𝐥𝐝") == 8
 
 
 # --------------------------------------------------------------------------------------------------
@@ -387,6 +387,35 @@ def test_mastodon_measure_lets_long_urls_share_a_part() -> None:
     post = Post(id="1", text=text, spans=spans)
     assert split_post(post, 100, count_mastodon) == [post]
     assert len(split_post(post, 100, count_graphemes)) == 3
+
+
+def test_labelled_link_too_long_once_spelled_out_loses_its_span_not_its_text() -> None:
+    url = "https://example.com/" + "x" * 30
+    post = Post(id="1", text="see \U0001f4ce now", spans=[Span(4, 5, SpanKind.LINK, url=url)])
+    parts = split_post(post, 10, count_mastodon)
+    assert _texts(parts) == ["see", "\U0001f4ce now"]
+    assert all(part.spans == [] for part in parts)
+
+
+def test_long_post_splits_into_many_fitting_parts() -> None:
+    words: list[str] = []
+    spans: list[Span] = []
+    position = 0
+    for index in range(1500):
+        if index % 10 == 0:
+            word = f"https://example.com/{index}/{'p' * (index % 37)}"
+            spans.append(Span(position, position + len(word), SpanKind.LINK, url=word))
+        else:
+            word = ["Mots", "et", "phrases.", "Zeilen\n", "\u00e9t\u00e9", "👋🏽", "#tag"][
+                index % 7
+            ]
+        words.append(word)
+        position += len(word) + 1
+    post = Post(id="1", text=" ".join(words), spans=spans)
+    for measure, limit in ((count_graphemes, 300), (count_mastodon, 500), (count_utf16, 1024)):
+        parts = split_post(post, limit, measure)
+        assert len(parts) > 5
+        check_split(post, parts, limit, measure)
 
 
 def test_limit_too_small_for_one_character_is_an_error() -> None:

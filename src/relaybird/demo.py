@@ -67,7 +67,7 @@ class Published:
     label: str
     status_id: str
     at: float
-    landed: dict[str, tuple[TargetRef, float]] = field(default_factory=dict)
+    landed: dict[str, tuple[TargetRef, int, float]] = field(default_factory=dict)
 
 
 def write_config(
@@ -155,8 +155,10 @@ def report(console: Console, story: list[Published]) -> bool:
                 complete = False
                 cells.append("[red]missing[/]")
             else:
-                ref, seconds = landed
-                cells.append(f"{ref.url or ref.id}\n[green]{seconds * 1000:.0f} ms[/]")
+                ref, parts, seconds = landed
+                where = ref.id.rsplit("/", 1)[-1]
+                shape = "1 post" if parts == 1 else f"thread of {parts}"
+                cells.append(f"{shape}, id {where}\n[green]{seconds * 1000:.0f} ms[/]")
         table.add_row(f"{item.label}\nmastodon {item.status_id}", *cells)
     console.print(table)
     return complete
@@ -190,10 +192,12 @@ async def run_demo(keep: bool = False, verbose: bool = False) -> int:
         console.print(f"config and state in {folder}")
         config = load_config(config_path)
         store = Store(config.state_path())
-        landed: dict[tuple[str, str], tuple[TargetRef, float]] = {}
+        landed: dict[tuple[str, str], tuple[TargetRef, int, float]] = {}
 
         def delivered(delivery: Delivery, ref: TargetRef) -> None:
-            landed[(delivery.source_id, delivery.target_account)] = (ref, time.monotonic())
+            assert store is not None
+            parts = len(store.parts(delivery.id))
+            landed[(delivery.source_id, delivery.target_account)] = (ref, parts, time.monotonic())
 
         relay = Relay(config, store, on_delivered=delivered)
         await relay.start()
@@ -207,8 +211,8 @@ async def run_demo(keep: bool = False, verbose: bool = False) -> int:
         for item in story:
             for target in TARGETS:
                 if (item.status_id, target) in landed:
-                    ref, at = landed[(item.status_id, target)]
-                    item.landed[target] = (ref, at - item.at)
+                    ref, parts, at = landed[(item.status_id, target)]
+                    item.landed[target] = (ref, parts, at - item.at)
         complete = report(console, story)
         console.print(
             f"Bluesky holds {len(bsky.records(bsky_account.did))} posts; the Telegram channel holds "

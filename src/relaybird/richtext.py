@@ -117,8 +117,10 @@ _URL = regex.compile(
 _URL_TRAILING = ".,:;!?'\"\u00bb\u201d\u2019\u2026)]}>*_"
 _PAIRS = {")": "(", "]": "[", "}": "{"}
 
+# Possessive, like Mastodon's scan: a handle followed by another `@` is no mention at all, rather
+# than a shorter one.
 _FEDI_MENTION = regex.compile(
-    r"(?<![=/\w])@([a-z0-9_]+(?:[.-]+[a-z0-9_]+)*)(@\w+(?:[.-]+\w+)*)?(?![@\uff20]|://)",
+    r"(?<![=/\w])@([a-z0-9_]++(?:[.-]+[a-z0-9_]+)*+)(@\w++(?:[.-]+\w+)*+)?+(?![@\uff20]|://)",
     regex.IGNORECASE,
 )
 
@@ -239,8 +241,8 @@ def render_plain(text: str, spans: Sequence[Span]) -> str:
 
     A link whose text is not its URL becomes `text (url)`; a mention of a fediverse account becomes
     `@user@host` so the target resolves the right person; any other mention (a Bluesky or Telegram
-    handle) becomes the profile URL, because `@alice` would point at a stranger on the target.
-    Formatting spans are dropped.
+    handle) becomes the profile URL, because `@alice` would point at a stranger on the target. A
+    hashtag is written `#tag` (Telegram's `#tag@chat` loses its chat). Formatting spans are dropped.
     """
     pieces: list[str] = []
     cursor = 0
@@ -261,6 +263,8 @@ def _plain_span(shown: str, span: Span) -> str:
             return "@" + span.handle.lstrip("@")
         if span.url:
             return span.url
+    if span.kind is SpanKind.HASHTAG and span.tag:
+        return "#" + span.tag
     return shown
 
 
@@ -279,10 +283,11 @@ def normalize_spans(text: str, spans: Iterable[Span]) -> list[Span]:
     for span in spans:
         start = max(0, min(span.start, len(text)))
         end = max(0, min(span.end, len(text)))
+        if start >= end:
+            continue
         start = bounds[bisect.bisect_right(bounds, start) - 1]
         end = bounds[bisect.bisect_left(bounds, end)]
-        if start < end:
-            result.append(replace(span, start=start, end=end))
+        result.append(replace(span, start=start, end=end))
     return sorted(result, key=lambda s: (s.start, -s.end))
 
 
@@ -341,7 +346,11 @@ def _level_of(run: str, before: str) -> _Level:
 
 
 class _Splitter:
-    """State of one split: the text's clusters, its breaks, and which atomic spans still hold."""
+    """State of one split: the text's clusters, its breaks, and which atomic spans still hold.
+
+    Searches gallop from the start of the part, so each measure call reads about one part's worth
+    of text and a long post splits in time proportional to its length.
+    """
 
     def __init__(self, post: Post, limit: int, measure: Measure) -> None:
         self.post = post
@@ -350,9 +359,20 @@ class _Splitter:
         self.measure = measure
         self.bounds = grapheme_boundaries(self.text)
         self.clusters = [self.text[a:b] for a, b in zip(self.bounds, self.bounds[1:], strict=False)]
-        self.atomic = [s for s in post.spans if s.kind in ATOMIC_KINDS]
+        self.atomic = sorted(
+            (s for s in post.spans if s.kind in ATOMIC_KINDS), key=lambda s: (s.start, s.end)
+        )
         self.broken: set[Span] = set()
+        self.stop = self.content_end()
         self.breaks = self._find_breaks()
+        self.break_ends = [b.end for b in self.breaks]
+        self.blockers = [0] * len(self.breaks)
+        for span in self.atomic:
+            self._count_blocker(span, 1)
+        # The end of the text, as a break, lets one search both pack and finish the last part.
+        self.breaks.append(_Break(self.stop, self.stop, _Level.PARAGRAPH))
+        self.break_ends.append(self.stop)
+        self.blockers.append(0)
 
     def _find_breaks(self) -> list[_Break]:
         breaks: list[_Break] = []
@@ -372,19 +392,25 @@ class _Splitter:
                 index += 1
             if first > 0 and index < count:
                 run = "".join(self.clusters[first:index])
-                level = _level_of(run, self.text[: self.bounds[first]][-8:])
-                breaks.append(_Break(self.bounds[first], self.bounds[index], level))
+                here = self.bounds[first]
+                level = _level_of(run, self.text[max(0, here - 8) : here])
+                breaks.append(_Break(here, self.bounds[index], level))
         return breaks
 
-    def _outside_spans(self, end: int, next_start: int) -> bool:
-        """Whether cutting out [end, next_start) leaves every unbroken atomic span whole."""
-        for span in self.atomic:
-            if span in self.broken:
-                continue
-            inside_gap = end <= span.start and span.end <= next_start
-            if span.start < next_start and end < span.end and not inside_gap:
-                return False
-        return True
+    def _count_blocker(self, span: Span, delta: int) -> None:
+        """Add `delta` to every break that would cut `span` (one whose gap meets its inside)."""
+        index = max(0, bisect.bisect_left(self.break_ends, span.start) - 1)
+        while index < len(self.break_ends) and self.breaks[index].end < span.end:
+            item = self.breaks[index]
+            inside_gap = item.end <= span.start and span.end <= item.next
+            if item.next > span.start and not inside_gap:
+                self.blockers[index] += delta
+            index += 1
+
+    def _break_span(self, span: Span) -> None:
+        if span not in self.broken:
+            self.broken.add(span)
+            self._count_blocker(span, -1)
 
     def part(self, start: int, end: int) -> tuple[str, list[Span]]:
         """Text and re-based spans of [start, end): atomic spans only whole, formatting clipped."""
@@ -408,20 +434,30 @@ class _Splitter:
         return self.measure(*self.part(start, end))
 
     def furthest(self, start: int, ends: Sequence[int]) -> int | None:
-        """Index in `ends` of the furthest end that fits, by bisection (measures grow with text)."""
-        low, high, best = 0, len(ends) - 1, None
+        """Index in `ends` of the furthest end that fits (measures grow with text).
+
+        Gallops 1, 2, 4, ... ends ahead before bisecting, so that only about one part of text is
+        measured at a time however long the post is.
+        """
+        if not ends or not self.fits(start, ends[0]):
+            return None
+        good, step = 0, 1
+        while good + step < len(ends) and self.fits(start, ends[good + step]):
+            good, step = good + step, step * 2
+        low, high = good + 1, min(good + step, len(ends)) - 1
         while low <= high:
             middle = (low + high) // 2
             if self.fits(start, ends[middle]):
-                best, low = middle, middle + 1
+                good, low = middle, middle + 1
             else:
                 high = middle - 1
-        return best
+        return good
 
     def choose_break(self, start: int) -> _Break | None:
         """The cut for a part starting at `start`: strongest boundary that fills the part enough."""
+        first = bisect.bisect_right(self.break_ends, start)
         candidates = [
-            b for b in self.breaks if b.end > start and self._outside_spans(b.end, b.next)
+            self.breaks[i] for i in range(first, len(self.breaks)) if not self.blockers[i]
         ]
         for level in (_Level.PARAGRAPH, _Level.SENTENCE, _Level.WORD):
             usable = [b for b in candidates if b.level >= level]
@@ -439,8 +475,17 @@ class _Splitter:
         Boundaries inside an atomic span are used only when the span alone is over the limit; that
         span is then dropped from both parts, since half a URL or handle is not worth linking.
         """
-        inside = [b for b in self.bounds if start < b < stop]
-        whole = [b for b in inside if self._outside_spans(b, b)]
+        next_break = bisect.bisect_right(self.break_ends, start)
+        while next_break < len(self.breaks) and self.blockers[next_break]:
+            next_break += 1
+        if next_break < len(self.breaks):
+            stop = min(stop, self.breaks[next_break].end)
+        low = bisect.bisect_right(self.bounds, start)
+        inside = self.bounds[low : bisect.bisect_left(self.bounds, stop, lo=low)]
+        holding = [
+            s for s in self.atomic if s not in self.broken and s.start < stop and start < s.end
+        ]
+        whole = [b for b in inside if not any(s.start < b < s.end for s in holding)]
         found = self.furthest(start, whole)
         if found is not None:
             return whole[found]
@@ -448,7 +493,9 @@ class _Splitter:
         if found is None:
             return None
         cut = inside[found]
-        self.broken.update(s for s in self.atomic if s.start < cut < s.end)
+        for span in holding:
+            if span.start < cut < span.end:
+                self._break_span(span)
         return cut
 
     def drop_first_span(self, start: int) -> None:
@@ -457,7 +504,7 @@ class _Splitter:
         pending = [s for s in self.atomic if s.end > start and s not in self.broken]
         if not pending:
             raise ValueError(f"a limit of {self.limit} cannot hold a single character here")
-        self.broken.add(min(pending, key=lambda s: (s.start, s.end)))
+        self._break_span(min(pending, key=lambda s: (s.start, s.end)))
 
     def skip_space(self, index: int) -> int:
         position = bisect.bisect_left(self.bounds, index)
@@ -472,13 +519,10 @@ class _Splitter:
         return self.bounds[position]
 
     def ranges(self) -> list[tuple[int, int]]:
-        stop = self.content_end()
+        stop = self.stop
         start = self.skip_space(0)
         result: list[tuple[int, int]] = []
         while start < stop:
-            if self.fits(start, stop):
-                result.append((start, stop))
-                break
             chosen = self.choose_break(start)
             if chosen is not None:
                 result.append((start, chosen.end))

@@ -7,7 +7,6 @@ keeps byte arithmetic out of the rest of the code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -40,11 +39,6 @@ measure_bluesky = richtext.scaled_max(
 The byte count is scaled so that a text within 3000 UTF-8 bytes never measures over 300, which lets
 `split_post` honour both rules with a single limit.
 """
-
-
-def record_length(text: str, spans: Sequence[Span] = ()) -> int:
-    """`measure_bluesky` under a name that reads well at call sites."""
-    return measure_bluesky(text, list(spans))
 
 
 def profile_url(actor: str) -> str:

@@ -8,7 +8,6 @@ spans, outbound flattens spans into text that Mastodon's own linkifier will read
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -69,14 +68,11 @@ def post_to_status_text(post: Post) -> str:
     """The `status` text to POST: links, tags and fediverse handles as Mastodon will link them.
 
     Formatting (bold, spoilers, ...) has no plain-text form and is dropped; see
-    `richtext.render_plain` for how links and foreign mentions are spelled out.
+    `richtext.render_plain` for how links and foreign mentions are spelled out. Measure for
+    splitting with `richtext.count_mastodon`, which counts this rendering, and reserve the content
+    warning's length: Mastodon counts it against the same limit.
     """
     return richtext.render_plain(post.text, post.spans)
-
-
-def status_length(text: str, spans: Sequence[Span], url_weight: int = 23) -> int:
-    """What Mastodon will count for this neutral text once `post_to_status_text` has rendered it."""
-    return richtext.count_mastodon(text, spans, url_weight=url_weight)
 
 
 # --------------------------------------------------------------------------------------------------

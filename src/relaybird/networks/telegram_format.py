@@ -15,6 +15,7 @@ from relaybird import richtext
 from relaybird.model import Author, Media, Post, Span, SpanKind, Visibility
 
 NETWORK = "telegram"
+#: Limits in UTF-16 code units: measure with `richtext.count_utf16`.
 TELEGRAM_MAX_TEXT = 4096
 TELEGRAM_MAX_CAPTION = 1024
 
@@ -35,11 +36,6 @@ _FORMATTING_IN = {
     "spoiler": SpanKind.SPOILER,
 }
 _LINK_TYPES = frozenset({"url", "text_link"})
-
-
-def text_length(text: str, spans: list[Span] | None = None) -> int:
-    """Telegram's count: UTF-16 code units (4096 for a text, 1024 for a caption)."""
-    return richtext.count_utf16(text)
 
 
 def file_id_of(media: Media) -> str | None:

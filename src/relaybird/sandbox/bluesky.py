@@ -233,7 +233,8 @@ class BlueskySandbox:
         self._record_types: dict[str, RecordType] = known_records(image_max_size)
         self._blob_upload_limit = blob_upload_limit
         self._handle_domains = handle_domains
-        self._pds_endpoint = pds_endpoint
+        # Where session DID documents send clients; None means this server's own base URL.
+        self.pds_endpoint = pds_endpoint
         self._tids = TidClock(clock)
         self._seq = 0
         self._accounts: dict[str, _Account] = {}
@@ -454,7 +455,7 @@ class BlueskySandbox:
                 {
                     "id": "#atproto_pds",
                     "type": "AtprotoPersonalDataServer",
-                    "serviceEndpoint": self._pds_endpoint or self.base_url,
+                    "serviceEndpoint": self.pds_endpoint or self.base_url,
                 }
             ],
         }

@@ -237,7 +237,8 @@ class Str(Schema):
     def check(self, value: Any, path: str) -> None:
         if not isinstance(value, str):
             raise _expected("string", value, path)
-        if self.max_bytes is not None and len(value) * 3 > self.max_bytes:
+        # A code point takes at most 4 bytes: shorter strings cannot be over the byte limit.
+        if self.max_bytes is not None and len(value) * 4 > self.max_bytes:
             size = utf8_length(value)
             if size > self.max_bytes:
                 raise _fail(f"string too big (maximum {self.max_bytes}, got {size})", path)
