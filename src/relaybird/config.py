@@ -15,6 +15,7 @@ import difflib
 import json
 import os
 import re
+import string
 import tomllib
 import types
 import typing
@@ -43,6 +44,11 @@ from rich.text import Text
 
 NETWORKS = ("bluesky", "mastodon", "telegram")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+TEMPLATE_PLACEHOLDERS = ("text", "permalink", "author", "handle", "network")
+MIN_POLL_INTERVAL = 5
+MAX_POLL_TIMEOUT = 50
+DEFAULT_JETSTREAM_URL = "wss://jetstream2.us-east.bsky.network/subscribe"
+EXAMPLE_FIREHOSE_URL = "wss://bsky.network/xrpc"
 
 # Keys whose values are treated as secrets when redacting messages, whatever table they sit in:
 # a misspelt `acces_token` still holds a token.
@@ -180,10 +186,126 @@ def _check_chat(value: object) -> object:
     raise _fail(f"{hint} (usernames start with @)")
 
 
+def _ws_url_check(example: str, optional: bool = False) -> AfterValidator:
+    """A WebSocket address the adapter subscribes to; it adds its own query, so none is allowed."""
+    hint = f"must be a ws:// or wss:// URL such as {example}" + (
+        ', or "" for the default' if optional else ""
+    )
+
+    def check(value: str) -> str:
+        if optional and not value:
+            return value
+        try:
+            parts = urlsplit(value)
+            _ = parts.port
+        except ValueError:
+            raise _fail(hint) from None
+        if any(ch.isspace() for ch in value) or parts.scheme not in ("ws", "wss"):
+            raise _fail(hint)
+        if not parts.hostname:
+            raise _fail(hint)
+        if parts.query or parts.fragment or parts.username is not None or parts.password is not None:
+            raise _fail(f"{hint}; leave out ?query, #fragment and user:password@")
+        return value.rstrip("/")
+
+    return AfterValidator(check)
+
+
+def _check_poll_interval(value: int) -> int:
+    if value < MIN_POLL_INTERVAL:
+        raise _fail(
+            f"must be at least {MIN_POLL_INTERVAL} seconds; polling more often only spends the"
+            " account's rate limit"
+        )
+    return value
+
+
+def _check_poll_timeout(value: int) -> int:
+    if not 1 <= value <= MAX_POLL_TIMEOUT:
+        raise _fail(
+            f"must be between 1 and {MAX_POLL_TIMEOUT} seconds (Telegram holds a getUpdates call"
+            f" open for at most {MAX_POLL_TIMEOUT})"
+        )
+    return value
+
+
+def _check_kind(value: object) -> object:
+    """Kinds are written in lower case; "mention" is refused by name so that it is not read as a
+    typo of another kind: routing mentions is a separate feature still to come."""
+    kind = _lower(value)
+    if kind == "mention":
+        raise _fail(
+            '"mention" cannot be routed yet (reserved for a later version); remove it from kinds'
+        )
+    return kind
+
+
+def _check_tag(value: str) -> str:
+    """Tags compare case-insensitively and without '#', whichever way the user wrote them."""
+    tag = value.strip().removeprefix("#")
+    if not tag or any(ch.isspace() or ch == "#" for ch in tag):
+        raise _fail('must be one hashtag such as "nobridge" (with or without #), without spaces')
+    return tag.casefold()
+
+
+def _check_language(value: str) -> str:
+    language = value.strip().lower()
+    if not re.fullmatch(r"[a-z]{2,3}(?:-[a-z0-9]{1,8})*", language):
+        raise _fail(
+            'must be a language code such as "en" or "pt-br", or "und" for posts that carry no'
+            " language"
+        )
+    return language
+
+
+def _check_regex(value: str) -> str:
+    if value:
+        try:
+            re.compile(value)
+        except re.error as error:
+            where = f" at position {error.pos}" if error.pos is not None else ""
+            raise _fail(
+                f"is not a valid regular expression: {error.msg}{where}; it is a Python `re`"
+                " pattern (escape special characters with a backslash)"
+            ) from None
+    return value
+
+
+def _check_template(value: str) -> str:
+    """Only the documented placeholders, written plainly: a typo must not reach a post verbatim
+    and a format spec such as {text:.10} would cut text behind the splitter's back."""
+    valid = ", ".join(f"{{{name}}}" for name in TEMPLATE_PLACEHOLDERS)
+    try:
+        parsed = list(string.Formatter().parse(value))
+    except ValueError:
+        raise _fail("has an unmatched { or }; write {{ and }} for literal braces") from None
+    names: set[str] = set()
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in TEMPLATE_PLACEHOLDERS:
+            raise _fail(
+                f"unknown placeholder {_quote('{' + name + '}')}"
+                + _did_you_mean("{" + name + "}", [f"{{{n}}}" for n in TEMPLATE_PLACEHOLDERS])
+                + f"; valid placeholders: {valid}; write {{{{ and }}}} for literal braces"
+            )
+        if spec or conversion:
+            raise _fail(f"write placeholders plainly, as {{{name}}}, without ! or : after the name")
+        names.add(name)
+    if "text" not in names:
+        raise _fail(
+            f"must contain {{text}}, where the post's text goes; valid placeholders: {valid}"
+        )
+    return value
+
+
 AccountName = Annotated[str, AfterValidator(_check_name)]
 NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 BaseUrl = Annotated[str, AfterValidator(_check_base_url)]
 Secret = Annotated[SecretStr, Field(min_length=1)]
+Tag = Annotated[str, AfterValidator(_check_tag)]
+Language = Annotated[str, AfterValidator(_check_language)]
+Pattern = Annotated[str, AfterValidator(_check_regex)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,6 +366,18 @@ class BlueskyAccount(AccountBase):
     base_url: BaseUrl = Field(default="https://bsky.social", examples=["https://bsky.social"])
     handle: Annotated[str, AfterValidator(_check_handle)] = Field(examples=["news.example.org"])
     app_password: Secret = Field(examples=["${BSKY_APP_PASSWORD}"])
+    stream: Annotated[Literal["jetstream", "firehose", "poll"], BeforeValidator(_lower)] = Field(
+        default="jetstream", examples=["jetstream"]
+    )
+    jetstream_url: Annotated[str, _ws_url_check(DEFAULT_JETSTREAM_URL)] = Field(
+        default=DEFAULT_JETSTREAM_URL, examples=[DEFAULT_JETSTREAM_URL]
+    )
+    firehose_url: Annotated[str, _ws_url_check(EXAMPLE_FIREHOSE_URL, optional=True)] = Field(
+        default="", examples=[EXAMPLE_FIREHOSE_URL]
+    )
+    poll_interval: Annotated[int, AfterValidator(_check_poll_interval)] = Field(
+        default=60, examples=[60]
+    )
 
     def identity(self) -> str:
         return self.handle
@@ -256,6 +390,9 @@ class TelegramAccount(AccountBase):
     )
     bot_token: Secret = Field(examples=["${TELEGRAM_BOT_TOKEN}"])
     chat: Annotated[str | int, BeforeValidator(_check_chat)] = Field(examples=["@news_channel"])
+    poll_timeout: Annotated[int, AfterValidator(_check_poll_timeout)] = Field(
+        default=30, examples=[30]
+    )
 
     def identity(self) -> str:
         return str(self.chat)
@@ -264,6 +401,19 @@ class TelegramAccount(AccountBase):
 AccountSettings = Annotated[
     MastodonAccount | BlueskyAccount | TelegramAccount, Field(discriminator="network")
 ]
+
+
+KindName = Literal["post", "reply", "repost", "edit", "delete"]
+VisibilityLevel = Literal["public", "unlisted", "private", "direct"]
+
+
+def _default_kinds() -> list[KindName]:
+    return ["post", "reply", "edit", "delete"]
+
+
+def _default_visibility() -> list[VisibilityLevel]:
+    # Followers-only and direct posts leave their network only when a route lists them.
+    return ["public", "unlisted"]
 
 
 class Route(Section):
@@ -277,6 +427,44 @@ class Route(Section):
         min_length=1,
         examples=[["news_bsky", "news_tg"]],
     )
+    kinds: list[Annotated[KindName, BeforeValidator(_check_kind)]] = Field(
+        default_factory=_default_kinds,
+        min_length=1,
+        examples=[["post", "reply", "edit", "delete"]],
+    )
+    visibility: list[Annotated[VisibilityLevel, BeforeValidator(_lower)]] = Field(
+        default_factory=_default_visibility,
+        min_length=1,
+        examples=[["public", "unlisted"]],
+    )
+    include_tags: list[Tag] = Field(default_factory=list, examples=[["news"]])
+    exclude_tags: list[Tag] = Field(default_factory=lambda: ["nobridge"], examples=[["nobridge"]])
+    include_regex: Pattern = Field(default="", examples=["(?i)release"])
+    exclude_regex: Pattern = Field(default="", examples=["(?i)^rt "])
+    languages: list[Language] = Field(default_factory=list, examples=[["en", "und"]])
+    skip_replies_to_others: bool = Field(default=True, examples=[True])
+    skip_reposts: bool = Field(default=True, examples=[True])
+    template: Annotated[str, AfterValidator(_check_template)] = Field(
+        default="{text}", examples=["{text}"]
+    )
+    overflow: Annotated[Literal["thread", "truncate"], BeforeValidator(_lower)] = Field(
+        default="thread", examples=["thread"]
+    )
+    numbering: bool = Field(default=False, examples=[False])
+    on_edit: Annotated[Literal["ignore", "repost"], BeforeValidator(_lower)] = Field(
+        default="ignore", examples=["ignore"]
+    )
+    on_delete: Annotated[Literal["delete", "ignore"], BeforeValidator(_lower)] = Field(
+        default="delete", examples=["delete"]
+    )
+    unmapped_parent: Annotated[Literal["skip", "standalone"], BeforeValidator(_lower)] = Field(
+        default="skip", examples=["skip"]
+    )
+    chain: bool = Field(default=False, examples=[False])
+
+    def mirrors_reposts(self) -> bool:
+        """Reposts need both switches, so that neither alone lets them out by surprise."""
+        return "repost" in self.kinds and not self.skip_reposts
 
 
 class Config(Section):
@@ -372,6 +560,23 @@ def _check_route(config: Config, index: int, route: Route) -> Iterator[Problem]:
                     "post back into the account it reads, remove it from one side",
                 )
             seen.add(name)
+    yield from _check_repost_switches(index, route)
+
+
+def _check_repost_switches(index: int, route: Route) -> Iterator[Problem]:
+    """Reposts take two switches; one without the other is a setting that silently does nothing."""
+    if "repost" in route.kinds and route.skip_reposts:
+        yield Problem(
+            f"routes[{index}].kinds",
+            'lists "repost" but skip_reposts is true, so reposts would still be skipped; add'
+            ' skip_reposts = false to mirror them, or remove "repost"',
+        )
+    elif not route.skip_reposts and "repost" not in route.kinds:
+        yield Problem(
+            f"routes[{index}].skip_reposts",
+            'is false but kinds does not list "repost", so no repost would be mirrored; add'
+            ' "repost" to kinds, or remove skip_reposts',
+        )
 
 
 def _unknown_account(name: str, accounts: Mapping[str, object]) -> str:
@@ -666,6 +871,8 @@ def _toml_type(value: object) -> str:
 
 
 def _toml_literal(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, list):
         return "[" + ", ".join(_toml_literal(item) for item in value) + "]"
     return json.dumps(value) if isinstance(value, str) else str(value)
@@ -793,7 +1000,7 @@ def describe(config: Config) -> Group:
             Text(account.identity() or "-"),
         )
     routes = Table(title="Routes", title_justify="left")
-    for column in ("name", "from", "", "to"):
+    for column in ("name", "from", "", "to", "settings"):
         routes.add_column(column)
     for route in config.routes:
         routes.add_row(
@@ -801,9 +1008,16 @@ def describe(config: Config) -> Group:
             Text(", ".join(route.sources)),
             Text("→"),
             Text(", ".join(route.targets)),
+            Text(route_settings(route) or "defaults"),
         )
     return Group(
         Text(f"{config.path}: {len(config.accounts)} account(s), {len(config.routes)} route(s)"),
         accounts,
         routes,
     )
+
+
+def route_settings(route: Route) -> str:
+    """The options a route sets away from their defaults, as TOML, so `check` shows what differs."""
+    changed = route.model_dump(exclude_defaults=True, exclude={"name", "sources", "targets"})
+    return ", ".join(f"{key} = {_toml_literal(value)}" for key, value in changed.items())

@@ -1,27 +1,89 @@
-"""Making one source post fit a target: split long text into a thread, shrink images, spread media.
+"""Making one source post fit a target: template, content warning, split or truncate, media.
 
 This is the one shared place that reads a target's `Capabilities`; network modules only say what
-their network accepts.
+their network accepts, and routes say how the copy should read.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+import string
+from dataclasses import dataclass, replace
 
 from relaybird.media import MediaError, fit_image
-from relaybird.model import Media, Post
+from relaybird.model import Media, Post, Span, SpanKind
 from relaybird.networks.base import Capabilities
 from relaybird.richtext import split_post
 
 log = logging.getLogger(__name__)
 
+ELLIPSIS = " … "
+REPLY_CONTEXT = "\n\n↩ "
+
+
+@dataclass
+class FitOptions:
+    """How a route wants its copies to read (see the route keys in config.example.toml)."""
+
+    template: str = "{text}"
+    overflow: str = "thread"
+    numbering: bool = False
+    standalone_reply: bool = False
+
+
+def _append(text: str, spans: list[Span], addition: str, link: str = "") -> tuple[str, list[Span]]:
+    """Append text, making `link` (when given and present in `addition`) a link span."""
+    start = len(text)
+    spans = list(spans)
+    if link and link in addition:
+        at = start + addition.index(link)
+        spans.append(Span(at, at + len(link), SpanKind.LINK, url=link))
+    return text + addition, spans
+
+
+def apply_template(post: Post, template: str) -> Post:
+    """Render the route's template; `{text}` keeps its spans and `{permalink}` becomes a link."""
+    if template == "{text}":
+        return post
+    author = post.author
+    values = {
+        "author": (author.display_name or author.handle) if author else "",
+        "handle": author.handle if author else "",
+        "network": author.network if author else "",
+    }
+    text, spans = "", []
+    for literal, field, _, _ in string.Formatter().parse(template):
+        text += literal
+        if field == "text":
+            spans += [span.shifted(len(text)) for span in post.spans]
+            text += post.text
+        elif field == "permalink":
+            text, spans = _append(text, spans, post.permalink, post.permalink)
+        elif field:
+            text += values.get(field, "")
+    text = text.rstrip()
+    return replace(post, text=text, spans=[s for s in spans if s.end <= len(text)])
+
+
+def apply_content_warning(post: Post, caps: Capabilities) -> Post:
+    """Networks without a warning field get `CW: …` above the text, the text itself as a spoiler.
+
+    Telegram shows the spoiler span hidden until tapped; Bluesky has no spoilers, so there the prefix
+    alone warns the reader (its self-labels are only for sexual and graphic content).
+    """
+    if not post.content_warning or caps.content_warning_field:
+        return post
+    prefix = f"CW: {post.content_warning}\n\n"
+    spans = [span.shifted(len(prefix)) for span in post.spans]
+    if post.text:
+        spans.append(Span(len(prefix), len(prefix) + len(post.text), SpanKind.SPOILER))
+    return replace(post, text=prefix + post.text, spans=spans)
+
 
 def fit_media(media: list[Media], caps: Capabilities) -> list[Media]:
     """Shrink images over the target's byte limit; media that cannot be made to fit are left out.
 
-    What is left out is logged, and the caller links to the original post, so nothing disappears
-    without a trace.
+    What is left out is logged, and the copy keeps the permalink of the original in reach.
     """
     fitted: list[Media] = []
     for item in media:
@@ -32,9 +94,7 @@ def fit_media(media: list[Media], caps: Capabilities) -> list[Media]:
             if item.size <= caps.max_image_bytes:
                 fitted.append(item)
             else:
-                log.warning(
-                    "media %s (%s) is over the target's limit; leaving it out", item.url, item.mime
-                )
+                log.warning("media %s (%s) is over the target's limit; left out", item.url, item.mime)
             continue
         try:
             data, mime = fit_image(item.data, item.mime, caps.max_image_bytes)
@@ -45,18 +105,58 @@ def fit_media(media: list[Media], caps: Capabilities) -> list[Media]:
     return fitted
 
 
-def fit_post(post: Post, caps: Capabilities) -> list[Post]:
+def _truncate(post: Post, limit: int, caps: Capabilities) -> list[Post]:
+    if caps.measure(post.text, post.spans) <= limit:
+        return [post]
+    suffix = ELLIPSIS + post.permalink if post.permalink else ELLIPSIS.rstrip()
+    reserve = caps.measure(suffix, [])
+    first = split_post(post, limit, caps.measure, reserve=reserve)[0]
+    text, spans = _append(first.text, first.spans, suffix, post.permalink)
+    return [replace(first, text=text, spans=spans)]
+
+
+def _number(parts: list[Post]) -> list[Post]:
+    if len(parts) < 2:
+        return parts
+    return [
+        replace(part, text=f"{part.text} ({index}/{len(parts)})")
+        for index, part in enumerate(parts, start=1)
+    ]
+
+
+def fit_post(post: Post, caps: Capabilities, options: FitOptions | None = None) -> list[Post]:
     """The parts to publish on the target, in order; each part after the first answers the one before."""
+    options = options or FitOptions()
     media = fit_media(post.media, caps)
+    card = post.card
+    if card is not None and card.thumb is not None:
+        thumbs = fit_media([card.thumb], caps)
+        card = replace(card, thumb=thumbs[0] if thumbs else None)
+    shaped = apply_content_warning(apply_template(post, options.template), caps)
+    if options.standalone_reply and post.permalink:
+        text, spans = _append(shaped.text, shaped.spans, REPLY_CONTEXT + post.permalink, post.permalink)
+        shaped = replace(shaped, text=text, spans=spans)
     limit = caps.max_text
     if media and caps.max_text_with_media is not None:
         limit = min(limit, caps.max_text_with_media)
-    text_only = replace(post, media=[])
-    parts = split_post(text_only, limit, caps.measure) if text_only.text else [text_only]
+    text_only = replace(shaped, media=[], card=None)
+    if not text_only.text:
+        parts = [text_only]
+    elif options.overflow == "truncate":
+        parts = _truncate(text_only, limit, caps)
+    elif options.numbering:
+        reserve = caps.measure(" (99/99)", [])
+        parts = _number(split_post(text_only, limit, caps.measure, reserve=reserve))
+    else:
+        parts = split_post(text_only, limit, caps.measure)
     groups = [media[i : i + caps.max_media] for i in range(0, len(media), max(caps.max_media, 1))]
     while len(parts) < len(groups):
         parts.append(replace(text_only, text="", spans=[]))
     return [
-        replace(part, media=groups[index] if index < len(groups) else [])
+        replace(
+            part,
+            media=groups[index] if index < len(groups) else [],
+            card=card if index == 0 and not media else None,
+        )
         for index, part in enumerate(parts)
     ]

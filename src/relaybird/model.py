@@ -69,6 +69,16 @@ class Media:
         return len(self.data) if self.data is not None else 0
 
 
+@dataclass
+class LinkCard:
+    """A link preview: Bluesky's external embed, Mastodon's card, Telegram's link preview."""
+
+    url: str
+    title: str = ""
+    description: str = ""
+    thumb: Media | None = None
+
+
 @dataclass(frozen=True)
 class Author:
     network: str
@@ -102,11 +112,13 @@ class Post:
     author: Author | None = None
     created_at: str = ""
     is_repost: bool = False
+    card: LinkCard | None = None
 
     def to_json(self) -> str:
         """Serialise for the outbox: a delivery must survive a restart with everything it needs."""
         raw = asdict(self)
-        for item in raw["media"]:
+        thumbs = [raw["card"]["thumb"]] if raw.get("card") and raw["card"]["thumb"] else []
+        for item in raw["media"] + thumbs:
             if item["data"] is not None:
                 item["data"] = base64.b64encode(item["data"]).decode("ascii")
         return json.dumps(raw, ensure_ascii=False)
@@ -121,7 +133,14 @@ class Post:
                 item["data"] = base64.b64decode(item["data"])
             media.append(Media(**item))
         author = raw.pop("author")
+        card = raw.pop("card", None)
+        if card is not None:
+            thumb = card.pop("thumb")
+            if thumb is not None and thumb["data"] is not None:
+                thumb["data"] = base64.b64decode(thumb["data"])
+            card = LinkCard(**card, thumb=Media(**thumb) if thumb else None)
         return cls(
+            card=card,
             spans=spans,
             media=media,
             author=Author(**author) if author else None,
@@ -144,13 +163,15 @@ class Event:
     """Something that happened on a source account, ready for the router.
 
     `cursor` is what the inbound adapter will store once the event is safely in the outbox, so that a
-    restart resumes right after it.
+    restart resumes right after it. `version` tells successive edits of one post apart (the edit's
+    timestamp), so that each edit is relayed once and a repeated one is not.
     """
 
     kind: EventKind
     account: str
     post: Post
     cursor: str | None = None
+    version: str = ""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from relaybird import router
 from relaybird.config import Config
-from relaybird.model import Event, TargetRef
+from relaybird.model import Event, EventKind, TargetRef
 from relaybird.networks.base import Network
 from relaybird.networks.registry import build_network
 from relaybird.store import Delivery, Store
@@ -40,6 +40,7 @@ class Relay:
     networks: dict[str, Network] = field(default_factory=dict)
     health: dict[str, AccountHealth] = field(default_factory=dict)
     workers: dict[str, Worker] = field(default_factory=dict)
+    writing: dict[str, asyncio.Lock] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def sources(self) -> set[str]:
@@ -51,13 +52,30 @@ class Relay:
     # EventSink
 
     async def accept(self, event: Event) -> None:
-        post = event.post
-        if self.store.is_copy(event.account, post.id):
-            log.debug("%s:%s is one of our copies; not mirroring it back", event.account, post.id)
-            if event.cursor is not None:
-                self.store.set_cursor(event.account, event.cursor)
+        """Route one event; our own copy arriving back must be recognised, never relayed again.
+
+        A network may stream our copy before the call that created it has returned, so an event
+        of an account waits while that account's worker is between "posted" and "recorded".
+        """
+        lock = self.writing.get(event.account)
+        if lock is None:
+            self._accept(event)
             return
-        decision = router.plan(event, self.config.routes)
+        async with lock:
+            self._accept(event)
+
+    def _accept(self, event: Event) -> None:
+        post = event.post
+        changes = event.kind in (EventKind.EDIT, EventKind.DELETE)
+        if changes and not self.store.was_relayed(event.account, post.id):
+            log.debug("%s %s:%s ignored: never relayed", event.kind.value, event.account, post.id)
+            return
+        echo = None
+        origin = self.store.echo_origin(event.account, post.id)
+        if origin is not None:
+            holders = frozenset(self.store.holders(*origin))
+            echo = router.Echo(origin_account=origin[0], origin_id=origin[1], holders=holders)
+        decision = router.plan(event, self.config.routes, echo)
         ids = self.store.accept(event, decision.planned)
         if decision.planned and ids:
             for plan in decision.planned:
@@ -107,7 +125,9 @@ class Relay:
         await asyncio.gather(*(network.open() for network in self.networks.values()))
         for name, network in self.networks.items():
             if name in targets:
-                worker = Worker(network, self.store, self.on_delivered)
+                routes = {route.name: route for route in self.config.routes}
+                self.writing[name] = asyncio.Lock()
+                worker = Worker(network, self.store, routes, self.on_delivered, self.writing[name])
                 self.workers[name] = worker
                 self._spawn(worker.run(), f"worker:{name}")
             if name in sources:

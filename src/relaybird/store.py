@@ -38,6 +38,7 @@ MIGRATIONS: list[str] = [
         source_id TEXT NOT NULL,
         parent_source_id TEXT,
         target_account TEXT NOT NULL,
+        version TEXT NOT NULL DEFAULT '',
         payload TEXT NOT NULL,
         state TEXT NOT NULL DEFAULT 'pending',
         attempts INTEGER NOT NULL DEFAULT 0,
@@ -45,7 +46,7 @@ MIGRATIONS: list[str] = [
         last_error TEXT NOT NULL DEFAULT '',
         created_at REAL NOT NULL,
         done_at REAL,
-        UNIQUE (kind, source_account, source_id, target_account)
+        UNIQUE (kind, source_account, source_id, target_account, version)
     );
     CREATE INDEX deliveries_by_target ON deliveries (target_account, state, id);
     CREATE TABLE parts (
@@ -68,6 +69,7 @@ MIGRATIONS: list[str] = [
         last_cid TEXT NOT NULL,
         root_id TEXT NOT NULL,
         root_cid TEXT NOT NULL,
+        delivery_id INTEGER NOT NULL,
         created_at REAL NOT NULL,
         PRIMARY KEY (source_account, source_id, target_account)
     );
@@ -97,6 +99,7 @@ class Delivery:
     source_id: str
     parent_source_id: str | None
     target_account: str
+    version: str
     payload: str
     state: str
     attempts: int
@@ -123,6 +126,7 @@ class Mapping:
     first: TargetRef
     last: TargetRef
     root: TargetRef
+    delivery_id: int
     created_at: float
 
 
@@ -206,10 +210,12 @@ class Store:
     def accept(self, event: Event, planned: list[Planned]) -> list[int]:
         """Record an event and its deliveries atomically; an event seen before creates nothing."""
         post = event.post
+        seen_id = f"{post.id}#{event.version}" if event.version else post.id
+        waits_for = post.id if event.kind.value in ("edit", "delete") else post.reply_to
         with self.transaction() as db:
             inserted = db.execute(
                 "INSERT OR IGNORE INTO seen (account, source_id, kind, at) VALUES (?, ?, ?, ?)",
-                (event.account, post.id, event.kind.value, time.time()),
+                (event.account, seen_id, event.kind.value, time.time()),
             ).rowcount
             ids: list[int] = []
             if inserted:
@@ -217,15 +223,16 @@ class Store:
                 for plan in planned:
                     cur = db.execute(
                         "INSERT OR IGNORE INTO deliveries (route, kind, source_account, source_id,"
-                        " parent_source_id, target_account, payload, created_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        " parent_source_id, target_account, version, payload, created_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             plan.route,
                             event.kind.value,
                             event.account,
                             post.id,
-                            post.reply_to,
+                            waits_for,
                             plan.target_account,
+                            event.version,
                             payload,
                             time.time(),
                         ),
@@ -332,8 +339,8 @@ class Store:
         with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO mappings (source_account, source_id, target_account,"
-                " first_id, first_url, last_id, last_cid, root_id, root_cid, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " first_id, first_url, last_id, last_cid, root_id, root_cid, delivery_id, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     delivery.source_account,
                     delivery.source_id,
@@ -344,6 +351,7 @@ class Store:
                     last.cid,
                     root.id,
                     root.cid,
+                    delivery.id,
                     now,
                 ),
             )
@@ -351,6 +359,81 @@ class Store:
                 "UPDATE deliveries SET state='done', done_at=?, last_error='' WHERE id=?",
                 (now, delivery.id),
             )
+
+    def was_relayed(self, source_account: str, source_id: str) -> bool:
+        """Whether any copy of this post was planned: only then do its edits and deletes matter."""
+        row = self.db.execute(
+            "SELECT 1 FROM deliveries WHERE source_account=? AND source_id=?"
+            " AND kind IN ('post','reply','repost') LIMIT 1",
+            (source_account, source_id),
+        ).fetchone()
+        return row is not None
+
+    def mark_done(self, delivery: Delivery) -> None:
+        self.db.execute(
+            "UPDATE deliveries SET state='done', done_at=?, last_error='' WHERE id=?",
+            (time.time(), delivery.id),
+        )
+
+    def skip(self, delivery: Delivery, reason: str) -> None:
+        """Nothing to do for this delivery (e.g. an edit of a post that was never mirrored)."""
+        self.db.execute(
+            "UPDATE deliveries SET state='skipped', done_at=?, last_error=? WHERE id=?",
+            (time.time(), reason, delivery.id),
+        )
+
+    def forget_mapping(self, source_account: str, source_id: str, target_account: str) -> None:
+        """The copy was deleted: later replies must not answer it. Copies stay known as echoes."""
+        self.db.execute(
+            "DELETE FROM mappings WHERE source_account=? AND source_id=? AND target_account=?",
+            (source_account, source_id, target_account),
+        )
+
+    def replace_part(self, delivery_id: int, idx: int, ref: TargetRef) -> None:
+        self.db.execute(
+            "UPDATE parts SET target_id=?, target_cid=?, target_url=? WHERE delivery_id=? AND idx=?",
+            (ref.id, ref.cid, ref.url, delivery_id, idx),
+        )
+
+    def drop_part(self, delivery_id: int, idx: int) -> None:
+        self.db.execute("DELETE FROM parts WHERE delivery_id=? AND idx=?", (delivery_id, idx))
+
+    def echo_origin(self, account: str, post_id: str) -> tuple[str, str] | None:
+        """For one of our copies, the post it was first copied from (following chains back)."""
+        found: tuple[str, str] | None = None
+        current = (account, post_id)
+        for _ in range(16):
+            row = self.db.execute(
+                "SELECT source_account, source_id FROM copies WHERE target_account=? AND target_id=?",
+                current,
+            ).fetchone()
+            if row is None:
+                break
+            found = current = (row["source_account"], row["source_id"])
+        return found
+
+    def holders(self, origin_account: str, origin_id: str) -> set[str]:
+        """Every account holding the original or a copy of it, through chains too."""
+        seen = {(origin_account, origin_id)}
+        frontier = [(origin_account, origin_id)]
+        while frontier:
+            account, post_id = frontier.pop()
+            for row in self.db.execute(
+                "SELECT target_account, target_id FROM copies WHERE source_account=? AND source_id=?",
+                (account, post_id),
+            ).fetchall():
+                item = (row["target_account"], row["target_id"])
+                if item not in seen:
+                    seen.add(item)
+                    frontier.append(item)
+        held = {account for account, _ in seen}
+        for row in self.db.execute(
+            "SELECT target_account FROM deliveries WHERE source_account=? AND source_id=?"
+            " AND kind IN ('post','reply','repost') AND state NOT IN ('skipped')",
+            (origin_account, origin_id),
+        ).fetchall():
+            held.add(row["target_account"])
+        return held
 
     def retry_later(self, delivery: Delivery, error: str, at: float) -> None:
         self.db.execute(
@@ -402,6 +485,7 @@ class Store:
             first=TargetRef(row["first_id"], row["first_url"]),
             last=TargetRef(row["last_id"], cid=row["last_cid"]),
             root=TargetRef(row["root_id"], cid=row["root_cid"]),
+            delivery_id=row["delivery_id"],
             created_at=row["created_at"],
         )
 

@@ -41,6 +41,8 @@ class Capabilities:
     UTF-16 units); `max_text_with_media` is the limit when the part carries media (Telegram captions).
     `idempotent_create` says whether a create retried with the same key can never double a post; when
     it is false, a create whose outcome is unknown after a crash is not retried (at most once).
+    `edits` says whether a published post can be changed in place; `content_warning_field` whether
+    the network has a field of its own for a content warning (otherwise it becomes a text prefix).
     """
 
     max_text: int
@@ -50,6 +52,8 @@ class Capabilities:
     max_text_with_media: int | None = None
     alt_text: bool = True
     idempotent_create: bool = True
+    edits: bool = True
+    content_warning_field: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,3 +104,9 @@ class Network(Protocol):
         `retrying` is true when an earlier attempt with the same key may have reached the network;
         idempotent networks must then make sure the post is not created twice.
         """
+
+    async def edit(self, ref: TargetRef, post: Post) -> TargetRef:
+        """Replace the text (and caption) of one published part; only when `capabilities.edits`."""
+
+    async def delete(self, ref: TargetRef) -> None:
+        """Remove one published part; deleting what is already gone is not an error."""

@@ -7,7 +7,6 @@ kept in the store and refreshed, because `createSession` is strictly rate-limite
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -26,7 +25,7 @@ from atproto_client.exceptions import (
 
 from relaybird.config import BlueskyAccount
 from relaybird.media import image_size
-from relaybird.model import Media, Post, TargetRef
+from relaybird.model import LinkCard, Media, Post, TargetRef
 from relaybird.networks.base import (
     Capabilities,
     EventSink,
@@ -53,6 +52,7 @@ CAPABILITIES = Capabilities(
     measure=measure_bluesky,
     max_media=4,
     max_image_bytes=MAX_BLOB_BYTES,
+    edits=False,
 )
 
 
@@ -94,6 +94,7 @@ class BlueskyNetwork:
     capabilities = CAPABILITIES
 
     def __init__(self, account: BlueskyAccount, store: Store) -> None:
+        self.account = account
         self.name = account.name
         self.base_url = str(account.base_url).rstrip("/")
         self.handle = account.handle
@@ -138,13 +139,43 @@ class BlueskyNetwork:
     async def close(self) -> None:
         return None
 
+    def pds_url(self) -> str:
+        """The account's own PDS (the SDK follows the DID document there after login)."""
+        base = str(getattr(self.client, "_base_url", "") or "")
+        return base.removesuffix("/xrpc").rstrip("/") or self.base_url
+
     async def listen(self, cursor: str | None, sink: EventSink) -> None:
-        """Posts from Bluesky are not read yet: say so instead of pretending to listen."""
-        sink.set_connected(self.name, False, "Bluesky as a source is not supported yet")
-        log.error(
-            "%s: Bluesky as a source is not supported yet; nothing is read from it", self.name
+        from relaybird.networks.bluesky_inbound import BlueskyListener
+
+        listener = BlueskyListener(
+            self.name,
+            self.client,
+            self.did,
+            self.handle,
+            mode=self.account.stream,
+            pds_url=self.account.firehose_url or self.pds_url(),
+            jetstream_url=self.account.jetstream_url,
+            poll_interval=float(self.account.poll_interval),
         )
-        await asyncio.Event().wait()
+        await listener.run(cursor, sink)
+
+    async def edit(self, ref: TargetRef, post: Post) -> TargetRef:
+        raise PermanentError(f"{self.name}: Bluesky posts cannot be edited")
+
+    async def delete(self, ref: TargetRef) -> None:
+        rkey = ref.id.rsplit("/", 1)[-1]
+        try:
+            await self.client.com.atproto.repo.delete_record(
+                {"repo": self.did, "collection": POST_COLLECTION, "rkey": rkey}
+            )
+        except RateLimitExceededError as error:
+            raise RateLimited(
+                f"{self.name}: rate limited ({error_name(error)})", time.time() + 60
+            ) from error
+        except NetworkError as error:
+            raise TemporaryError(f"{self.name}: network error ({type(error).__name__})") from error
+        except RequestErrorBase as error:
+            raise PermanentError(f"{self.name}: delete refused ({error_name(error)})") from error
 
     def new_key(self) -> str:
         return self.tids.next()
@@ -220,21 +251,39 @@ class BlueskyNetwork:
                 "$type": "app.bsky.embed.images",
                 "images": [await self._image(item) for item in post.media],
             }
+        elif post.card is not None:
+            record["embed"] = await self._external(post.card)
+        if post.sensitive or any(item.sensitive for item in post.media):
+            record["labels"] = {
+                "$type": "com.atproto.label.defs#selfLabels",
+                "values": [{"val": "graphic-media"}],
+            }
         return record
+
+    async def _external(self, card: LinkCard) -> dict[str, Any]:
+        """A link card: Bluesky shows no preview unless the post carries one itself."""
+        external: dict[str, Any] = {
+            "uri": card.url,
+            "title": card.title,
+            "description": card.description,
+        }
+        if card.thumb is not None and card.thumb.data is not None:
+            external["thumb"] = await self._blob(card.thumb.data)
+        return {"$type": "app.bsky.embed.external", "external": external}
+
+    async def _blob(self, data: bytes) -> dict[str, Any]:
+        uploaded = await self.client.com.atproto.repo.upload_blob(data)
+        blob = uploaded.blob
+        return {
+            "$type": "blob",
+            "ref": {"$link": str(blob.ref.link if hasattr(blob.ref, "link") else blob.cid)},
+            "mimeType": blob.mime_type,
+            "size": blob.size,
+        }
 
     async def _image(self, item: Media) -> dict[str, Any]:
         assert item.data is not None
-        uploaded = await self.client.com.atproto.repo.upload_blob(item.data)
-        blob = uploaded.blob
-        image: dict[str, Any] = {
-            "alt": item.alt,
-            "image": {
-                "$type": "blob",
-                "ref": {"$link": str(blob.ref.link if hasattr(blob.ref, "link") else blob.cid)},
-                "mimeType": blob.mime_type,
-                "size": blob.size,
-            },
-        }
+        image: dict[str, Any] = {"alt": item.alt, "image": await self._blob(item.data)}
         size = image_size(item.data)
         if size is not None:
             image["aspectRatio"] = {"width": size[0], "height": size[1]}

@@ -29,11 +29,12 @@ from mastodon.errors import (
     MastodonServerError,
     MastodonUnauthorizedError,
 )
+from PIL import Image
 
 from relaybird import richtext
 from relaybird.config import MastodonAccount
 from relaybird.media import MediaError, download
-from relaybird.model import Event, EventKind, Media, Post, Span, TargetRef
+from relaybird.model import Event, EventKind, LinkCard, Media, Post, Span, TargetRef
 from relaybird.networks.base import (
     Capabilities,
     EventSink,
@@ -122,6 +123,7 @@ class MastodonNetwork:
             measure=measure,
             max_media=int(statuses.get("max_media_attachments", 4)),
             max_image_bytes=int(media.get("image_size_limit", 16 * 1024 * 1024)),
+            content_warning_field=True,
         )
 
     async def open(self) -> None:
@@ -234,9 +236,9 @@ class MastodonNetwork:
         ):
             await self._emit(status, sink)
 
-    async def _emit(self, status: dict[str, Any], sink: EventSink) -> None:
+    async def _emit(self, status: dict[str, Any], sink: EventSink, edit: bool = False) -> None:
         status_id = str(status["id"])
-        if self._cursor is None or id_order(status_id) > id_order(self._cursor):
+        if not edit and (self._cursor is None or id_order(status_id) > id_order(self._cursor)):
             self._cursor = status_id
         try:
             post = status_to_post(status)
@@ -244,11 +246,36 @@ class MastodonNetwork:
             log.warning(
                 "%s: status %s could not be read (%s); skipped", self.name, status_id, error
             )
-            sink.save_cursor(self.name, self._cursor)
+            if self._cursor is not None:
+                sink.save_cursor(self.name, self._cursor)
             return
         post = replace(post, media=[await self._fetch(item) for item in post.media])
+        post.card = await self._card(status.get("card"))
+        if edit:
+            version = str(status.get("edited_at") or "")
+            await sink.accept(Event(EventKind.EDIT, self.name, post, version=version))
+            return
         kind = EventKind.REPLY if post.reply_to else EventKind.POST
         await sink.accept(Event(kind=kind, account=self.name, post=post, cursor=self._cursor))
+
+    async def _card(self, card: Any) -> LinkCard | None:
+        """Mastodon's link preview, with its image, for targets that show cards."""
+        if not isinstance(card, dict) or not card.get("url"):
+            return None
+        thumb = None
+        if card.get("image"):
+            thumb = await self._fetch(Media(mime="image/jpeg", url=str(card["image"])))
+            if thumb.data is None:
+                thumb = None
+            else:
+                kind = Image.open(io.BytesIO(thumb.data)).format if thumb.data else None
+                thumb.mime = f"image/{(kind or 'jpeg').lower()}"
+        return LinkCard(
+            url=str(card["url"]),
+            title=str(card.get("title") or ""),
+            description=str(card.get("description") or ""),
+            thumb=thumb,
+        )
 
     async def _fetch(self, item: Media) -> Media:
         try:
@@ -279,6 +306,27 @@ class MastodonNetwork:
             idempotency_key=key,
         )
         return TargetRef(id=str(status["id"]), url=str(status.get("url") or ""))
+
+    async def edit(self, ref: TargetRef, post: Post) -> TargetRef:
+        """Edit in place, keeping the attachments the copy already has."""
+        current = await self._call(self.client.status, ref.id)
+        media_ids = [str(m["id"]) for m in current.get("media_attachments") or []]
+        status = await self._call(
+            self.client.status_update,
+            ref.id,
+            post_to_status_text(post),
+            spoiler_text=post.content_warning or None,
+            sensitive=post.sensitive or None,
+            media_ids=media_ids or None,
+        )
+        return TargetRef(id=str(status["id"]), url=str(status.get("url") or ref.url))
+
+    async def delete(self, ref: TargetRef) -> None:
+        try:
+            await self._call(self.client.status_delete, ref.id)
+        except PermanentError as error:
+            if "not found" not in str(error):
+                raise
 
     async def _upload(self, item: Media) -> str:
         assert item.data is not None

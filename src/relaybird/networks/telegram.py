@@ -8,7 +8,6 @@ retried as usual.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import time
@@ -62,6 +61,7 @@ class TelegramNetwork:
     capabilities = CAPABILITIES
 
     def __init__(self, account: TelegramAccount) -> None:
+        self.account = account
         self.name = account.name
         root = str(account.base_url).rstrip("/")
         self.chat_ref: str | int = account.chat
@@ -94,12 +94,68 @@ class TelegramNetwork:
         await self.bot.shutdown()
 
     async def listen(self, cursor: str | None, sink: EventSink) -> None:
-        """Messages from Telegram are not read yet: say so instead of pretending to listen."""
-        sink.set_connected(self.name, False, "Telegram as a source is not supported yet")
-        log.error(
-            "%s: Telegram as a source is not supported yet; nothing is read from it", self.name
+        from relaybird.networks.telegram_inbound import TelegramListener
+
+        listener = TelegramListener(
+            self.name,
+            self.bot,
+            self.chat_id,
+            self.chat_username,
+            poll_timeout=int(self.account.poll_timeout),
         )
-        await asyncio.Event().wait()
+        await listener.run(cursor, sink)
+
+    @staticmethod
+    def _message_id(ref: TargetRef) -> int:
+        return int(ref.id.rsplit(":", 1)[1])
+
+    async def edit(self, ref: TargetRef, post: Post) -> TargetRef:
+        """Edit the text, or the caption when the copy is a photo or album."""
+        text, entities = post_to_entities(post)
+        message_entities = [MessageEntity(**entity) for entity in entities] or None
+        message_id = self._message_id(ref)
+        try:
+            try:
+                await self.bot.edit_message_text(
+                    text=text, entities=message_entities, chat_id=self.chat_id, message_id=message_id
+                )
+            except BadRequest as error:
+                if "no text in the message" not in error.message.lower():
+                    raise
+                await self.bot.edit_message_caption(
+                    caption=text,
+                    caption_entities=message_entities,
+                    chat_id=self.chat_id,
+                    message_id=message_id,
+                )
+        except RetryAfter as error:
+            raise RateLimited(
+                f"{self.name}: flood control", time.time() + retry_seconds(error)
+            ) from error
+        except (BadRequest, Forbidden) as error:
+            if "not modified" in error.message.lower():
+                return ref
+            raise PermanentError(
+                f"{self.name}: Telegram refused the edit: {error.message}"
+            ) from error
+        except NetworkError as error:
+            raise TemporaryError(f"{self.name}: network error: {error.message}") from error
+        return ref
+
+    async def delete(self, ref: TargetRef) -> None:
+        try:
+            await self.bot.delete_message(chat_id=self.chat_id, message_id=self._message_id(ref))
+        except RetryAfter as error:
+            raise RateLimited(
+                f"{self.name}: flood control", time.time() + retry_seconds(error)
+            ) from error
+        except BadRequest as error:
+            if "not found" not in error.message.lower():
+                raise PermanentError(
+                    f"{self.name}: Telegram refused the delete: {error.message}"
+                ) from error
+        except NetworkError as error:
+            raise TemporaryError(f"{self.name}: network error: {error.message}") from error
 
     def new_key(self) -> str:
         return uuid.uuid4().hex

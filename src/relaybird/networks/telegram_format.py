@@ -36,6 +36,8 @@ _FORMATTING_IN = {
     "spoiler": SpanKind.SPOILER,
 }
 _LINK_TYPES = frozenset({"url", "text_link"})
+#: How a content warning reads on Telegram, which has no field for one (see `split_content_warning`).
+CW_PREFIX = "CW: "
 
 
 def file_id_of(media: Media) -> str | None:
@@ -223,6 +225,14 @@ def _sender_id(message: dict[str, Any]) -> str | None:
     return str(sender["id"]) if sender and "id" in sender else None
 
 
+def _parent(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The message answered, if any; in a forum every topic message "answers" the topic's start."""
+    parent = message.get("reply_to_message")
+    if not parent or "forum_topic_created" in parent:
+        return None
+    return dict(parent)
+
+
 def _permalink(chat: dict[str, Any], message_id: int, username: str | None) -> str:
     if username:
         return f"https://t.me/{username}/{message_id}"
@@ -239,12 +249,53 @@ def _visibility(chat: dict[str, Any], username: str | None) -> Visibility:
     return Visibility.PUBLIC if username else Visibility.PRIVATE
 
 
-def message_to_post(message: dict[str, Any], chat_username: str | None = None) -> Post:
+def split_content_warning(post: Post) -> Post:
+    """Read back the form `fitting.apply_content_warning` gives a warning on networks without a field.
+
+    That form is ``CW: <warning>`` on its own line(s), then the text under one spoiler to the end.
+    A media-only post has no text to hide, so there ``CW: <warning>`` alone counts when the media
+    are hidden behind a spoiler. Anything else starting with "CW:" is left as the person wrote it.
+    """
+    if not post.text.startswith(CW_PREFIX):
+        return post
+    body_end = len(post.text.rstrip())
+    for cover in post.spans:
+        head = post.text[: cover.start]
+        if (
+            cover.kind is SpanKind.SPOILER
+            and cover.end >= body_end
+            and head.rstrip(" \t").endswith("\n")
+            and head[len(CW_PREFIX) :].strip()
+        ):
+            spans = [
+                span.shifted(-cover.start)
+                for span in post.spans
+                if span is not cover and span.start >= cover.start
+            ]
+            return replace(
+                post,
+                text=post.text[cover.start :],
+                spans=spans,
+                content_warning=head[len(CW_PREFIX) :].strip(),
+            )
+    warning = post.text[len(CW_PREFIX) :].strip()
+    if warning and "\n" not in warning and post.media and post.sensitive:
+        return replace(post, text="", spans=[], content_warning=warning)
+    return post
+
+
+def message_to_post(
+    message: dict[str, Any], chat_username: str | None = None, *, chat_is_author: bool = False
+) -> Post:
     """A Bot API Message (channel post or group message) as a neutral Post.
 
     The id is `chat_id:message_id`, the form the Telegram adapter uses for its own copies. Telegram
     does not say which message starts a thread, so `thread_root` stays empty for the store to fill.
     A forwarded message counts as a repost. Media carry their `file_id` (see `file_id_of`).
+
+    With `chat_is_author` the chat itself is the account: the author keeps the sender's name but
+    takes the chat's id, and a reply to any message of the chat is a reply to the same author, so
+    that conversations inside a mirrored chat count as self-threads.
     """
     chat = message.get("chat") or {}
     chat_id = chat.get("id")
@@ -253,19 +304,24 @@ def message_to_post(message: dict[str, Any], chat_username: str | None = None) -
     has_text = message.get("text") is not None
     text = str(message.get("text") if has_text else message.get("caption") or "")
     entities = message.get("entities" if has_text else "caption_entities") or []
-    parent = message.get("reply_to_message")
+    parent = _parent(message)
+    parent_author = _sender_id(parent) if parent else None
+    author = _author(message)
+    if chat_is_author:
+        parent_author = str(chat_id) if parent else None
+        author = replace(author or Author(network=NETWORK, handle=""), id=str(chat_id))
     date = message.get("date")
-    return Post(
+    post = Post(
         id=f"{chat_id}:{message_id}",
         text=text,
         spans=entities_to_spans(text, list(entities)),
         media=_media(message),
         reply_to=f"{chat_id}:{parent['message_id']}" if parent else None,
-        reply_to_author_id=_sender_id(parent) if parent else None,
+        reply_to_author_id=parent_author,
         sensitive=bool(message.get("has_media_spoiler")),
         visibility=_visibility(chat, username),
         permalink=_permalink(chat, message_id, username),
-        author=_author(message),
+        author=author,
         created_at=(
             datetime.fromtimestamp(int(date), UTC).isoformat().replace("+00:00", "Z")
             if date is not None
@@ -273,3 +329,4 @@ def message_to_post(message: dict[str, Any], chat_username: str | None = None) -
         ),
         is_repost="forward_origin" in message,
     )
+    return split_content_warning(post)

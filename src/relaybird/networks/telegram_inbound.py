@@ -1,0 +1,314 @@
+"""Telegram as a source: long polling `getUpdates` for one channel or group.
+
+Confirmation is the whole game here. Asking `getUpdates` with `offset = X` makes the server forget
+every update below X, so the offset sent never goes beyond what is already in the sink (or was
+deliberately ignored): a crash at any point leaves the unaccepted updates on the server, and the
+next start fetches them again from the saved cursor (the last update_id accepted).
+
+Albums reach a bot as separate messages sharing a `media_group_id`; they are held until no part
+has come for `album_wait` seconds and then become one post. While one is held, nothing after it is
+emitted or confirmed, so the server keeps re-sending the held updates: the listener then polls at
+a short interval instead of long polling, and skips what it already holds.
+
+What cannot be followed: bots get no update when a message is deleted, so deletions of
+Telegram-sourced posts are never relayed. Update ids continue from the saved cursor; after a week
+without any update Telegram may start them afresh at a random value, which a cursor cannot cover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import telegram
+from telegram.error import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+)
+
+from relaybird.model import Event, EventKind, Media, Post
+from relaybird.networks.base import EventSink
+from relaybird.networks.telegram_format import file_id_of, message_to_post
+
+log = logging.getLogger(__name__)
+
+#: What the Bot API lets a bot download through getFile; bigger files stay links to the original.
+MAX_GETFILE_BYTES = 20 * 1024 * 1024
+ALLOWED_UPDATES = ("channel_post", "edited_channel_post", "message", "edited_message")
+_NEW = frozenset({"channel_post", "message"})
+#: Albums remembered after they were emitted, so that editing one part edits the whole post.
+_REMEMBERED_ALBUMS = 256
+
+
+def _retry_seconds(error: RetryAfter) -> float:
+    value = error.retry_after
+    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+
+
+@dataclass
+class _Held:
+    """Updates fetched but not yet handed on: one plain update, or the parts of one album."""
+
+    update_ids: list[int]
+    kind: str = ""
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    album: str | None = None
+    last_part_at: float = 0.0
+
+
+class TelegramListener:
+    """Turns one chat's updates into events; `run` keeps going until it is cancelled."""
+
+    def __init__(
+        self,
+        name: str,
+        bot: telegram.Bot,
+        chat_id: int,
+        chat_username: str | None,
+        *,
+        poll_timeout: int = 30,
+        album_wait: float = 1.0,
+        retry_base: float = 1.0,
+        retry_max: float = 60.0,
+    ) -> None:
+        self.name = name
+        self.bot = bot
+        self.chat_id = chat_id
+        self.chat_username = chat_username
+        self.poll_timeout = poll_timeout
+        self.album_wait = album_wait
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        #: The last update_id handed on or ignored with nothing unhandled below it: safe to confirm.
+        self._confirmed: int | None = None
+        self._saved: int | None = None
+        #: The last update_id taken from the server (held ones included), to skip re-sent ones.
+        self._fetched = 0
+        self._held: list[_Held] = []
+        self._open: set[int] = set()
+        self._albums: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+
+    # ---------------------------------------------------------------------------------- the loop
+
+    async def run(self, cursor: str | None, sink: EventSink) -> None:
+        """Poll until cancelled; failures are waited out here, never raised to the caller."""
+        if cursor is not None:
+            self._confirmed = self._saved = self._fetched = int(cursor)
+        failures = 0
+        while True:
+            try:
+                if self._confirmed is None:
+                    await self._start_fresh(sink)
+                await self._cycle(sink)
+                failures = 0
+            except RetryAfter as error:
+                wait = _retry_seconds(error)
+                log.warning(
+                    "%s: Telegram asks to wait %.0f s before polling again", self.name, wait
+                )
+                await asyncio.sleep(wait)
+            except Conflict:
+                failures += 1
+                sink.set_connected(
+                    self.name,
+                    False,
+                    "another program is polling this bot's updates; stop it or give relaybird"
+                    " a bot of its own",
+                )
+                await self._back_off(failures, "another getUpdates poller")
+            except (InvalidToken, Forbidden) as error:
+                failures += 1
+                sink.set_connected(self.name, False, f"Telegram refused the bot: {error.message}")
+                await self._back_off(failures, "refused")
+            except (NetworkError, TelegramError) as error:
+                failures += 1
+                sink.set_connected(self.name, False, f"polling failed: {type(error).__name__}")
+                await self._back_off(failures, type(error).__name__)
+
+    async def _back_off(self, failures: int, reason: str) -> None:
+        """Exponential with full jitter, so that restarted instances do not poll in step."""
+        ceiling = min(self.retry_max, self.retry_base * 2 ** min(failures - 1, 16))
+        delay = random.uniform(ceiling / 2, ceiling)
+        log.warning("%s: polling stopped (%s); retrying in %.1f s", self.name, reason, delay)
+        await asyncio.sleep(delay)
+
+    async def _start_fresh(self, sink: EventSink) -> None:
+        """First start: remember where now is without relaying the backlog.
+
+        `offset=-1` returns only the newest pending update (the server forgets the others); its id
+        is the starting point. With nothing pending, "0" says that whatever comes next is new.
+        """
+        updates = await self.bot.get_updates(
+            offset=-1, timeout=0, allowed_updates=list(ALLOWED_UPDATES)
+        )
+        sink.set_connected(self.name, True)
+        start = max((update.update_id for update in updates), default=0)
+        self._confirmed = self._fetched = start
+        self._save(sink, start)
+        log.info("%s: first start; relaying Telegram updates after %d", self.name, start)
+
+    async def _cycle(self, sink: EventSink) -> None:
+        album = self._waiting_album()
+        if album is not None:
+            # Held updates are re-sent at once, so a long poll would spin: look again shortly.
+            due = album.last_part_at + self.album_wait - time.monotonic()
+            await asyncio.sleep(min(max(due, 0.0), max(self.album_wait / 4, 0.02)))
+        updates = await self.bot.get_updates(
+            offset=(self._confirmed or 0) + 1,
+            timeout=0 if self._held else self.poll_timeout,
+            allowed_updates=list(ALLOWED_UPDATES),
+        )
+        sink.set_connected(self.name, True)
+        for update in updates:
+            self._take(update)
+        await self._flush(sink)
+
+    # ---------------------------------------------------------------------------------- holding
+
+    def _waiting_album(self) -> _Held | None:
+        return self._held[0] if self._held and self._held[0].album is not None else None
+
+    def _take(self, update: telegram.Update) -> None:
+        if update.update_id <= self._fetched:
+            return
+        self._fetched = update.update_id
+        self._open.add(update.update_id)
+        kind, message = self._content(update)
+        group = message.get("media_group_id") if message and kind in _NEW else None
+        if group is not None:
+            for held in self._held:
+                if held.album == group:
+                    held.update_ids.append(update.update_id)
+                    held.messages.append(message or {})
+                    held.last_part_at = time.monotonic()
+                    return
+        self._held.append(
+            _Held(
+                [update.update_id],
+                kind,
+                [message] if message else [],
+                str(group) if group is not None else None,
+                time.monotonic(),
+            )
+        )
+
+    def _content(self, update: telegram.Update) -> tuple[str, dict[str, Any] | None]:
+        """The kind and message of an update about the configured chat; ("", None) otherwise."""
+        for kind in ALLOWED_UPDATES:
+            message = getattr(update, kind, None)
+            if message is not None and message.chat.id == self.chat_id:
+                return kind, message.to_dict()
+        return "", None
+
+    async def _flush(self, sink: EventSink) -> None:
+        """Hand on what is ready, in order; an album still collecting holds back all after it."""
+        while self._held:
+            held = self._held[0]
+            if held.album is not None and time.monotonic() < held.last_part_at + self.album_wait:
+                break
+            event = await self._event(held)
+            still_open = self._open.difference(held.update_ids)
+            confirmed = min(still_open) - 1 if still_open else self._fetched
+            if event is not None:
+                event.cursor = str(confirmed)
+                await sink.accept(event)
+                self._saved = confirmed
+            self._held.pop(0)
+            self._open = still_open
+            self._confirmed = confirmed
+        if self._confirmed is not None and self._confirmed != self._saved:
+            self._save(sink, self._confirmed)
+
+    def _save(self, sink: EventSink, cursor: int) -> None:
+        sink.save_cursor(self.name, str(cursor))
+        self._saved = cursor
+
+    # ---------------------------------------------------------------------------------- events
+
+    async def _event(self, held: _Held) -> Event | None:
+        if not held.messages:
+            return None
+        if held.kind in _NEW:
+            post = self._post(held.messages)
+            if held.album is not None:
+                self._remember(held.album, held.messages)
+            kind = EventKind.REPLY if post.reply_to else EventKind.POST
+            version = ""
+        else:
+            post = self._edited(held.messages[0])
+            kind = EventKind.EDIT
+            version = str(held.messages[0].get("edit_date") or "")
+        if not post.text and not post.media and not post.content_warning:
+            log.debug("%s: %s has nothing to relay (service message?)", self.name, post.id)
+            return None
+        post.media = [await self._download(item) for item in post.media]
+        return Event(kind, self.name, post, version=version)
+
+    def _post(self, messages: list[dict[str, Any]]) -> Post:
+        """One post from a message, or from all parts of an album (first id, the one caption)."""
+        ordered = sorted(messages, key=lambda message: int(message["message_id"]))
+        parts = [
+            message_to_post(message, self.chat_username, chat_is_author=True) for message in ordered
+        ]
+        first = parts[0]
+        worded = next((part for part in parts if part.text or part.content_warning), first)
+        return replace(
+            first,
+            text=worded.text,
+            spans=worded.spans,
+            content_warning=worded.content_warning,
+            media=[item for part in parts for item in part.media],
+            sensitive=any(part.sensitive for part in parts),
+        )
+
+    def _edited(self, message: dict[str, Any]) -> Post:
+        """The new version of an edited post; an edited album part brings the whole album."""
+        group = message.get("media_group_id")
+        album = self._albums.get(str(group)) if group is not None else None
+        if album is None:
+            return self._post([message])
+        parts = [m for m in album if m["message_id"] != message["message_id"]] + [message]
+        self._remember(str(group), parts)
+        return self._post(parts)
+
+    def _remember(self, group: str, messages: list[dict[str, Any]]) -> None:
+        self._albums[group] = list(messages)
+        self._albums.move_to_end(group)
+        while len(self._albums) > _REMEMBERED_ALBUMS:
+            self._albums.popitem(last=False)
+
+    async def _download(self, item: Media) -> Media:
+        """The medium with its bytes; a file over getFile's limit keeps only its reference.
+
+        Network failures propagate: the update is then not confirmed and is fetched again later.
+        """
+        file_id = file_id_of(item)
+        if file_id is None:
+            return item
+        try:
+            found = await self.bot.get_file(file_id)
+        except BadRequest as error:
+            log.warning("%s: cannot fetch %s: %s; linking to it", self.name, item.mime, error)
+            return item
+        if found.file_size is not None and found.file_size > MAX_GETFILE_BYTES:
+            log.warning(
+                "%s: %s of %d bytes is over Telegram's %d-byte download limit; linking to it",
+                self.name,
+                item.mime,
+                found.file_size,
+                MAX_GETFILE_BYTES,
+            )
+            return item
+        data = await found.download_as_bytearray()
+        return replace(item, data=bytes(data))
