@@ -26,6 +26,7 @@ from relaybird.config import (
     TelegramAccount,
     describe,
     load_config,
+    route_settings,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -324,6 +325,232 @@ def test_bad_listen_is_refused(listen: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# Route options and stream settings
+
+ROUTE_DEFAULTS = {
+    "kinds": ["post", "reply", "edit", "delete"],
+    "visibility": ["public", "unlisted"],
+    "include_tags": [],
+    "exclude_tags": ["nobridge"],
+    "include_regex": "",
+    "exclude_regex": "",
+    "languages": [],
+    "skip_replies_to_others": True,
+    "skip_reposts": True,
+    "template": "{text}",
+    "overflow": "thread",
+    "numbering": False,
+    "on_edit": "ignore",
+    "on_delete": "delete",
+    "unmapped_parent": "skip",
+    "chain": False,
+}
+
+
+def test_route_options_default_to_the_documented_values() -> None:
+    route = load_config(CONFIGS / "good" / "minimal.toml", ENV).routes[0]
+    assert route.model_dump(exclude={"name", "sources", "targets"}) == ROUTE_DEFAULTS
+    assert not route.mirrors_reposts()
+
+
+def test_stream_settings_default_to_jetstream_and_a_thirty_second_long_poll(
+    tmp_path: Path,
+) -> None:
+    config = load_config(write(tmp_path, MINIMAL), ENV)
+    bluesky = config.accounts["bsky"]
+    assert isinstance(bluesky, BlueskyAccount)
+    assert (bluesky.stream, bluesky.jetstream_url, bluesky.firehose_url, bluesky.poll_interval) == (
+        "jetstream",
+        "wss://jetstream2.us-east.bsky.network/subscribe",
+        "",
+        60,
+    )
+    telegram = load_config(CONFIGS / "good" / "minimal.toml", ENV).accounts["tg"]
+    assert isinstance(telegram, TelegramAccount)
+    assert telegram.poll_timeout == 30
+
+
+def test_example_config_shows_exactly_the_defaults() -> None:
+    """The example documents each option with its default value; the two must not drift apart."""
+    config = load_config(ROOT / "config.example.toml", SECRETS)
+    route = config.routes[0]
+    assert route.model_dump(exclude={"name", "sources", "targets"}) == ROUTE_DEFAULTS
+    assert route_settings(route) == ""
+    bluesky = config.accounts["news_bsky"]
+    assert isinstance(bluesky, BlueskyAccount)
+    assert bluesky.model_dump(exclude_defaults=True, exclude={"app_password"}) == {
+        "name": "news_bsky",
+        "network": "bluesky",
+        "handle": "news.example.org",
+    }
+    telegram = config.accounts["news_tg"]
+    assert isinstance(telegram, TelegramAccount)
+    assert telegram.poll_timeout == 30
+
+
+def test_route_options_are_loaded_and_normalised() -> None:
+    config = load_config(CONFIGS / "good" / "route_options.toml", ENV)
+    route = config.routes[0]
+    assert route.kinds == ["post", "reply", "repost", "edit", "delete"]
+    assert route.visibility == ["public", "unlisted", "private", "direct"]
+    assert route.include_tags == ["news", "tech"]
+    assert route.exclude_tags == ["nobridge", "private"]
+    assert route.include_regex == r"(?i)\brelease\b"
+    assert route.exclude_regex == "^RT "
+    assert route.languages == ["en", "pt-br", "und"]
+    assert route.template == "{text}\n\n{{via {author} ({handle}) on {network}}}: {permalink}"
+    assert (route.overflow, route.numbering) == ("truncate", True)
+    assert (route.on_edit, route.on_delete, route.unmapped_parent) == (
+        "repost",
+        "ignore",
+        "standalone",
+    )
+    assert (route.skip_replies_to_others, route.skip_reposts, route.chain) == (False, False, True)
+    assert route.mirrors_reposts()
+    assert config.routes[1].exclude_tags == []
+
+
+def test_stream_settings_are_loaded_and_normalised() -> None:
+    config = load_config(CONFIGS / "good" / "route_options.toml", ENV)
+    bluesky = config.accounts["bsky"]
+    assert isinstance(bluesky, BlueskyAccount)
+    assert bluesky.stream == "firehose"
+    assert bluesky.jetstream_url == "ws://127.0.0.1:6008/subscribe"
+    assert bluesky.firehose_url == "wss://relay.example/xrpc"
+    assert bluesky.poll_interval == 5
+    telegram = config.accounts["tg"]
+    assert isinstance(telegram, TelegramAccount)
+    assert telegram.poll_timeout == 50
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{text}",
+        "{text}\n\n{permalink}",
+        "{author} ({handle} on {network}): {text} {permalink}",
+        "{{literal braces}} {text} {text}",
+    ],
+)
+def test_templates_with_known_placeholders_are_accepted(template: str) -> None:
+    assert Route(name="r", sources=["a"], targets=["b"], template=template).template == template
+
+
+@pytest.mark.parametrize(
+    ("template", "fragment"),
+    [
+        ("{body}", 'unknown placeholder "{body}"'),
+        ("{Text}", 'did you mean "{text}"?'),
+        ("{text.upper}", 'unknown placeholder "{text.upper}"'),
+        ("{text[0]}", 'unknown placeholder "{text[0]}"'),
+        ("{0}", 'unknown placeholder "{0}"'),
+        ("{text!r}", "write placeholders plainly"),
+        ("{permalink}", "must contain {text}"),
+        ("", "must contain {text}"),
+        ("{text", "unmatched { or }"),
+        ("text}", "unmatched { or }"),
+    ],
+)
+def test_templates_are_checked_at_load(template: str, fragment: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Route(name="r", sources=["a"], targets=["b"], template=template)
+    assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [("#News", "news"), ("nobridge", "nobridge"), (" ÉTÉ ", "été"), ("#Straße", "strasse")],
+)
+def test_tags_are_stored_without_hash_and_case_folded(written: str, stored: str) -> None:
+    route = Route(name="r", sources=["a"], targets=["b"], include_tags=[written])
+    assert route.include_tags == [stored]
+
+
+@pytest.mark.parametrize("language", ["en", "EN", "pt-BR", "und", "zh-hant-tw", "gsw"])
+def test_language_codes_are_accepted_in_lower_case(language: str) -> None:
+    route = Route(name="r", sources=["a"], targets=["b"], languages=[language])
+    assert route.languages == [language.lower()]
+
+
+@pytest.mark.parametrize("language", ["english", "e", "en_US", "en-", "", "fr fr"])
+def test_malformed_language_codes_are_refused(language: str) -> None:
+    with pytest.raises(ValidationError, match="must be a language code"):
+        Route(name="r", sources=["a"], targets=["b"], languages=[language])
+
+
+def test_repost_needs_both_switches_to_be_mirrored(tmp_path: Path) -> None:
+    both = MINIMAL + 'kinds = ["post", "repost"]\nskip_reposts = false\n'
+    assert load_config(write(tmp_path, both), ENV).routes[0].mirrors_reposts()
+    only_kind = error_of(write(tmp_path, MINIMAL + 'kinds = ["repost"]\n'))
+    assert [p.where for p in only_kind.problems] == ["routes[0].kinds"]
+    only_switch = error_of(write(tmp_path, MINIMAL + "skip_reposts = false\n"))
+    assert [p.where for p in only_switch.problems] == ["routes[0].skip_reposts"]
+
+
+def test_regex_error_does_not_echo_a_secret_pattern(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + 'exclude_regex = "${PATTERN}("\n')
+    error = error_of(path, {**ENV, "PATTERN": "secret-pattern-Zz9"})
+    assert [p.where for p in error.problems] == ["routes[0].exclude_regex"]
+    assert "secret-pattern-Zz9" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("jetstream_url", '"wss://jet.example/subscribe#x"', "leave out ?query"),
+        ("jetstream_url", '"wss://user:pw@jet.example/subscribe"', "leave out ?query"),
+        ("jetstream_url", '""', "must be a ws:// or wss:// URL"),
+        ("jetstream_url", '"wss://"', "must be a ws:// or wss:// URL"),
+        ("jetstream_url", '"wss://jet.example:99999/"', "must be a ws:// or wss:// URL"),
+        ("firehose_url", '"http://pds.example/xrpc"', 'or "" for the default'),
+        ("poll_interval", "4", "at least 5 seconds"),
+        ("poll_interval", "true", "expected a whole number, got a boolean"),
+        ("stream", '"websocket"', "must be one of: jetstream, firehose, poll"),
+    ],
+)
+def test_bluesky_stream_settings_are_checked(
+    tmp_path: Path, key: str, value: str, fragment: str
+) -> None:
+    text = MINIMAL.replace(
+        'app_password = "${BSKY_APP_PASSWORD}"',
+        f'app_password = "${{BSKY_APP_PASSWORD}}"\n{key} = {value}',
+    )
+    error = error_of(write(tmp_path, text))
+    assert [p.where for p in error.problems] == [f"accounts.bsky.{key}"]
+    assert fragment in error.problems[0].message
+
+
+@pytest.mark.parametrize(("timeout", "ok"), [(1, True), (50, True), (0, False), (51, False)])
+def test_telegram_poll_timeout_bounds(timeout: int, ok: bool) -> None:
+    def build() -> TelegramAccount:
+        return TelegramAccount(
+            name="t",
+            network="telegram",
+            bot_token=SecretStr("b"),
+            chat="@chan",
+            poll_timeout=timeout,
+        )
+
+    if ok:
+        assert build().poll_timeout == timeout
+    else:
+        with pytest.raises(ValidationError, match="between 1 and 50 seconds"):
+            build()
+
+
+def test_describe_shows_the_options_a_route_changes() -> None:
+    config = load_config(CONFIGS / "good" / "route_options.toml", ENV)
+    output = render(describe(config))
+    onward = next(line for line in output.splitlines() if "onward" in line)
+    assert 'kinds = ["post"]' in onward
+    assert "exclude_tags = []" in onward
+    assert "chain = true" in onward
+    assert route_settings(config.routes[1]) == 'kinds = ["post"], exclude_tags = [], chain = true'
+    minimal = render(describe(load_config(CONFIGS / "good" / "minimal.toml", ENV)))
+    assert re.search(r"to-telegram .*defaults", minimal)
+
+
+# ------------------------------------------------------------------------------------------------
 # Secrets
 
 
@@ -436,7 +663,19 @@ def test_config_can_be_built_in_code(tmp_path: Path) -> None:
         routes=[Route(name="r", sources=["m"], targets=["t"])],
     )
     assert config.state_path() == tmp_path / "relaybird.sqlite3"
-    assert config.routes[0].model_dump(by_alias=True) == {"name": "r", "from": ["m"], "to": ["t"]}
+    assert config.routes[0].model_dump(by_alias=True, exclude_defaults=True) == {
+        "name": "r",
+        "from": ["m"],
+        "to": ["t"],
+    }
+    assert config.routes[0].kinds == ["post", "reply", "edit", "delete"]
+
+
+def test_route_built_in_code_is_validated() -> None:
+    with pytest.raises(ValidationError, match="cannot be routed yet"):
+        Route(name="r", sources=["m"], targets=["t"], kinds=["mention"])  # type: ignore[list-item]
+    with pytest.raises(ValidationError, match="unknown placeholder"):
+        Route(name="r", sources=["m"], targets=["t"], template="{body}")
 
 
 def test_config_built_in_code_is_cross_checked(tmp_path: Path) -> None:

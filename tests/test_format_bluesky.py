@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
 
+import libipld
 import pytest
 import regex
 from atproto_client import models
@@ -14,10 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relaybird import richtext
-from relaybird.model import Post, Span, SpanKind
+from relaybird.model import LinkCard, Media, Post, Span, SpanKind
 from relaybird.networks.bluesky_format import (
     BLUESKY_MAX_BYTES,
     BLUESKY_MAX_GRAPHEMES,
+    ipld_to_json,
     measure_bluesky,
     post_to_record_text,
     record_to_post,
@@ -178,6 +181,77 @@ def test_facet_that_splits_a_character_is_ignored() -> None:
     }
     post = record_to_post("at://did:plc:a/app.bsky.feed.post/1", "cid", record, "a.example")
     assert post.spans == [Span(2, 4, SpanKind.HASHTAG, tag="x")]
+
+
+THUMB_CID = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+
+
+def external_record(**embed_extra: Any) -> dict[str, Any]:
+    return {
+        "$type": "app.bsky.feed.post",
+        "text": "Worth a read",
+        "createdAt": "2024-11-21T08:00:00.000Z",
+        "labels": {"$type": "com.atproto.label.defs#selfLabels", "values": [{"val": "nudity"}]},
+        "embed": {
+            "$type": "app.bsky.embed.external",
+            "external": {
+                "uri": "https://example.org/article",
+                "title": "An article",
+                "description": "What it says",
+                **embed_extra,
+            },
+        },
+    }
+
+
+def test_external_embed_becomes_a_link_card_with_its_thumbnail_blob() -> None:
+    thumb = {"$type": "blob", "ref": {"$link": THUMB_CID}, "mimeType": "image/jpeg", "size": 9}
+    record = external_record(thumb=thumb)
+    validate(record)
+
+    post = record_to_post(
+        "at://did:plc:a/app.bsky.feed.post/3l", "cid", record, "a.example", pds_url="https://pds.x"
+    )
+
+    assert post.card == LinkCard(
+        url="https://example.org/article",
+        title="An article",
+        description="What it says",
+        thumb=Media(
+            mime="image/jpeg",
+            url=f"https://pds.x/xrpc/com.atproto.sync.getBlob?did=did:plc:a&cid={THUMB_CID}",
+            sensitive=True,
+        ),
+    )
+    assert post.media == [] and post.sensitive
+
+
+def test_external_embed_without_thumbnail_and_other_embeds() -> None:
+    bare = record_to_post("at://did:plc:a/app.bsky.feed.post/3l", "c", external_record(), "a")
+    quote = record_to_post(
+        "at://did:plc:a/app.bsky.feed.post/3l",
+        "c",
+        {"text": "q", "embed": {"$type": "app.bsky.embed.record", "record": {"uri": "at://x"}}},
+        "a",
+    )
+
+    assert bare.card is not None and bare.card.thumb is None
+    assert quote.card is None
+
+
+def test_decoded_cbor_links_and_bytes_take_their_json_forms() -> None:
+    raw_cid = libipld.decode_multibase(THUMB_CID)[1]
+    block = {
+        "image": {"$type": "blob", "ref": raw_cid, "mimeType": "image/png", "size": 3},
+        "list": [b"\x00\x01\x02", 7, None, "text"],
+        "almost": raw_cid[:-1],
+    }
+
+    assert ipld_to_json(block) == {
+        "image": {"$type": "blob", "ref": {"$link": THUMB_CID}, "mimeType": "image/png", "size": 3},
+        "list": [{"$bytes": "AAEC"}, 7, None, "text"],
+        "almost": {"$bytes": base64.b64encode(raw_cid[:-1]).decode().rstrip("=")},
+    }
 
 
 # --------------------------------------------------------------------------------------------------

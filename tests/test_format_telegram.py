@@ -135,6 +135,80 @@ def test_forwarded_message_is_a_repost_and_spoiler_media_sensitive() -> None:
     assert post.text == "look"
 
 
+def test_chat_as_author_makes_every_reply_in_the_chat_a_self_reply() -> None:
+    message = load("inbound_group_reply")["message"]
+    post = message_to_post(message, "relaybird_chat", chat_is_author=True)
+    assert post.author is not None
+    assert (post.author.id, post.author.handle) == ("-1009876543210", "dana_ng")
+    assert post.reply_to_author_id == "-1009876543210"
+    assert message_to_post(message).reply_to_author_id == "5550002"
+
+
+def test_forum_topic_start_is_not_a_parent() -> None:
+    message = {
+        "message_id": 12,
+        "date": 0,
+        "chat": {"id": -1004, "type": "supergroup", "title": "Forum", "is_forum": True},
+        "from": {"id": 7, "first_name": "T"},
+        "is_topic_message": True,
+        "message_thread_id": 10,
+        "reply_to_message": {
+            "message_id": 10,
+            "date": 0,
+            "chat": {"id": -1004, "type": "supergroup", "title": "Forum", "is_forum": True},
+            "forum_topic_created": {"name": "News", "icon_color": 7322096},
+        },
+        "text": "in a topic",
+    }
+    post = message_to_post(message)
+    assert (post.reply_to, post.reply_to_author_id) == (None, None)
+
+
+def cw_message(text: str, entities: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {
+        "message_id": 4,
+        "date": 0,
+        "chat": {"id": -1005, "type": "channel", "username": "c", "title": "C"},
+        "text": text,
+        "entities": entities,
+        **extra,
+    }
+
+
+def test_content_warning_form_is_read_back_with_the_spans_under_it() -> None:
+    text = "CW: a warning\nover two lines\n\nhidden #tag"
+    body = text.index("hidden")
+    post = message_to_post(
+        cw_message(
+            text,
+            [
+                {"type": "bold", "offset": 0, "length": 2},
+                {"type": "spoiler", "offset": body, "length": 11},
+                {"type": "hashtag", "offset": body + 7, "length": 4},
+            ],
+        )
+    )
+    assert post.content_warning == "a warning\nover two lines"
+    assert post.text == "hidden #tag"
+    assert post.spans == [Span(7, 11, SpanKind.HASHTAG, tag="tag")]
+
+
+@pytest.mark.parametrize(
+    ("text", "entities"),
+    [
+        ("CW: x\n\nhidden and shown", [{"type": "spoiler", "offset": 7, "length": 6}]),
+        ("CW: x hidden", [{"type": "spoiler", "offset": 6, "length": 6}]),
+        ("CW:\n\nhidden", [{"type": "spoiler", "offset": 5, "length": 6}]),
+        ("CW: no spoiler\n\nat all", []),
+    ],
+)
+def test_text_merely_starting_with_cw_is_left_alone(
+    text: str, entities: list[dict[str, Any]]
+) -> None:
+    post = message_to_post(cw_message(text, entities))
+    assert (post.content_warning, post.text) == ("", text)
+
+
 # --------------------------------------------------------------------------------------------------
 # outbound details
 

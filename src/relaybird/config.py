@@ -204,7 +204,12 @@ def _ws_url_check(example: str, optional: bool = False) -> AfterValidator:
             raise _fail(hint)
         if not parts.hostname:
             raise _fail(hint)
-        if parts.query or parts.fragment or parts.username is not None or parts.password is not None:
+        if (
+            parts.query
+            or parts.fragment
+            or parts.username is not None
+            or parts.password is not None
+        ):
             raise _fail(f"{hint}; leave out ?query, #fragment and user:password@")
         return value.rstrip("/")
 

@@ -80,6 +80,24 @@ def apply_content_warning(post: Post, caps: Capabilities) -> Post:
     return replace(post, text=prefix + post.text, spans=spans)
 
 
+def extract_content_warning(post: Post) -> Post:
+    """Read back the `CW: …` form that `apply_content_warning` writes, so round trips keep the field."""
+    if post.content_warning or not post.text.startswith("CW: "):
+        return post
+    head, separator, body = post.text.partition("\n\n")
+    warning = head.removeprefix("CW: ").strip()
+    if not separator or not warning or "\n" in warning:
+        return post
+    cut = len(head) + len(separator)
+    spans = [
+        span.shifted(-cut)
+        for span in post.spans
+        if span.start >= cut
+        and not (span.kind == SpanKind.SPOILER and span.end - span.start == len(body))
+    ]
+    return replace(post, text=body, spans=spans, content_warning=warning)
+
+
 def fit_media(media: list[Media], caps: Capabilities) -> list[Media]:
     """Shrink images over the target's byte limit; media that cannot be made to fit are left out.
 
@@ -94,7 +112,9 @@ def fit_media(media: list[Media], caps: Capabilities) -> list[Media]:
             if item.size <= caps.max_image_bytes:
                 fitted.append(item)
             else:
-                log.warning("media %s (%s) is over the target's limit; left out", item.url, item.mime)
+                log.warning(
+                    "media %s (%s) is over the target's limit; left out", item.url, item.mime
+                )
             continue
         try:
             data, mime = fit_image(item.data, item.mime, caps.max_image_bytes)
@@ -134,7 +154,9 @@ def fit_post(post: Post, caps: Capabilities, options: FitOptions | None = None) 
         card = replace(card, thumb=thumbs[0] if thumbs else None)
     shaped = apply_content_warning(apply_template(post, options.template), caps)
     if options.standalone_reply and post.permalink:
-        text, spans = _append(shaped.text, shaped.spans, REPLY_CONTEXT + post.permalink, post.permalink)
+        text, spans = _append(
+            shaped.text, shaped.spans, REPLY_CONTEXT + post.permalink, post.permalink
+        )
         shaped = replace(shaped, text=text, spans=spans)
     limit = caps.max_text
     if media and caps.max_text_with_media is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from relaybird import router
 from relaybird.config import Config
+from relaybird.fitting import extract_content_warning
 from relaybird.model import Event, EventKind, TargetRef
 from relaybird.networks.base import Network
 from relaybird.networks.registry import build_network
@@ -65,6 +66,9 @@ class Relay:
             self._accept(event)
 
     def _accept(self, event: Event) -> None:
+        network = self.networks.get(event.account)
+        if network is not None and not network.capabilities.content_warning_field:
+            event.post = extract_content_warning(event.post)
         post = event.post
         changes = event.kind in (EventKind.EDIT, EventKind.DELETE)
         if changes and not self.store.was_relayed(event.account, post.id):

@@ -413,26 +413,31 @@ class Store:
         return found
 
     def holders(self, origin_account: str, origin_id: str) -> set[str]:
-        """Every account holding the original or a copy of it, through chains too."""
+        """Every account holding the original or a copy of it, or about to, through chains too.
+
+        Deliveries still queued count as held: read at the moment an echo is handled, this is what
+        keeps any route graph from giving an account a second copy or sending one back.
+        """
+        held = {origin_account}
         seen = {(origin_account, origin_id)}
         frontier = [(origin_account, origin_id)]
         while frontier:
             account, post_id = frontier.pop()
             for row in self.db.execute(
+                "SELECT target_account FROM deliveries WHERE source_account=? AND source_id=?"
+                " AND kind IN ('post','reply','repost') AND state != 'skipped'",
+                (account, post_id),
+            ).fetchall():
+                held.add(row["target_account"])
+            for row in self.db.execute(
                 "SELECT target_account, target_id FROM copies WHERE source_account=? AND source_id=?",
                 (account, post_id),
             ).fetchall():
                 item = (row["target_account"], row["target_id"])
+                held.add(item[0])
                 if item not in seen:
                     seen.add(item)
                     frontier.append(item)
-        held = {account for account, _ in seen}
-        for row in self.db.execute(
-            "SELECT target_account FROM deliveries WHERE source_account=? AND source_id=?"
-            " AND kind IN ('post','reply','repost') AND state NOT IN ('skipped')",
-            (origin_account, origin_id),
-        ).fetchall():
-            held.add(row["target_account"])
         return held
 
     def retry_later(self, delivery: Delivery, error: str, at: float) -> None:

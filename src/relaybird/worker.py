@@ -24,7 +24,8 @@ from relaybird.networks.base import (
     RateLimited,
     ReplyTarget,
 )
-from relaybird.store import Delivery, Mapping as CopyMapping, Part, Store
+from relaybird.store import Delivery, Part, Store
+from relaybird.store import Mapping as CopyMapping
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,9 @@ class Worker:
         """Where the copy hangs in its thread, and the post to publish (maybe with a context link)."""
         if post.reply_to is None:
             return None, post
-        mapping = self.store.mapping(delivery.source_account, post.reply_to, delivery.target_account)
+        mapping = self.store.mapping(
+            delivery.source_account, post.reply_to, delivery.target_account
+        )
         if mapping is not None:
             return ReplyTarget(parent=mapping.last, root=mapping.root), post
         route = self.routes.get(delivery.route)
@@ -174,7 +177,11 @@ class Worker:
         return refs[0]
 
     async def _publish_parts(
-        self, delivery: Delivery, parts: list[Post], reply_to: ReplyTarget | None, first_idx: int = 0
+        self,
+        delivery: Delivery,
+        parts: list[Post],
+        reply_to: ReplyTarget | None,
+        first_idx: int = 0,
     ) -> list[TargetRef]:
         started = {part.idx: part for part in self.store.parts(delivery.id)}
         refs: list[TargetRef] = []
@@ -197,7 +204,9 @@ class Worker:
     # editing and deleting
 
     def _current_copy(self, delivery: Delivery) -> tuple[CopyMapping, list[Part]]:
-        mapping = self.store.mapping(delivery.source_account, delivery.source_id, delivery.target_account)
+        mapping = self.store.mapping(
+            delivery.source_account, delivery.source_id, delivery.target_account
+        )
         if mapping is None:
             raise Skip(f"the original has no copy on {delivery.target_account}")
         parts = [p for p in self.store.parts(mapping.delivery_id) if p.ref is not None]
@@ -208,7 +217,9 @@ class Worker:
         for part in reversed(parts):
             assert part.ref is not None
             await self.adapter.delete(part.ref)
-        self.store.forget_mapping(delivery.source_account, delivery.source_id, delivery.target_account)
+        self.store.forget_mapping(
+            delivery.source_account, delivery.source_id, delivery.target_account
+        )
         self.store.mark_done(delivery)
         return mapping.first
 

@@ -7,11 +7,14 @@ keeps byte arithmetic out of the rest of the code.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 from urllib.parse import quote
 
+import libipld
+
 from relaybird import richtext
-from relaybird.model import Author, Media, Post, Span, SpanKind, Visibility
+from relaybird.model import Author, LinkCard, Media, Post, Span, SpanKind, Visibility
 
 NETWORK = "bluesky"
 BLUESKY_MAX_GRAPHEMES = 300
@@ -144,7 +147,9 @@ def _feature_span(shown: str, start: int, end: int, feature: dict[str, Any]) -> 
     if kind == MENTION and feature.get("did"):
         did = str(feature["did"])
         handle = shown.lstrip("@") if shown.startswith("@") else ""
-        return Span(start, end, SpanKind.MENTION, url=profile_url(did), handle=handle, did=did)
+        return Span(
+            start, end, SpanKind.MENTION, url=profile_url(handle or did), handle=handle, did=did
+        )
     if kind == TAG and feature.get("tag"):
         return Span(start, end, SpanKind.HASHTAG, tag=str(feature["tag"]))
     return None
@@ -172,6 +177,34 @@ def _embedded_media(embed: dict[str, Any] | None) -> list[tuple[dict[str, Any], 
     return []
 
 
+def _external_card(
+    embed: dict[str, Any] | None, pds_url: str, did: str, sensitive: bool
+) -> LinkCard | None:
+    """The link preview of an external embed (also inside a quote-with-media), if there is one."""
+    if not embed:
+        return None
+    if embed.get("$type") == "app.bsky.embed.recordWithMedia":
+        return _external_card(embed.get("media"), pds_url, did, sensitive)
+    if embed.get("$type") != "app.bsky.embed.external":
+        return None
+    external = embed.get("external") or {}
+    if not external.get("uri"):
+        return None
+    thumb = external.get("thumb")
+    return LinkCard(
+        url=str(external["uri"]),
+        title=str(external.get("title") or ""),
+        description=str(external.get("description") or ""),
+        thumb=Media(
+            mime=str(thumb.get("mimeType") or "application/octet-stream"),
+            url=_blob_url(pds_url, did, thumb),
+            sensitive=sensitive,
+        )
+        if isinstance(thumb, dict)
+        else None,
+    )
+
+
 def _labels(record: dict[str, Any]) -> set[str]:
     labels = record.get("labels") or {}
     return {str(item.get("val")) for item in labels.get("values") or [] if isinstance(item, dict)}
@@ -183,9 +216,10 @@ def record_to_post(
     """A post record as a neutral Post; `uri` is its at-uri and becomes the Post's id.
 
     `cid` is taken to match the strong ref callers hold, but the neutral Post has no field for it.
-    Media URLs point at `com.atproto.sync.getBlob` on `pds_url`, the author's PDS, which the caller
-    knows from the session or the DID document. Bluesky's self-labels mark the post sensitive;
-    Bluesky has no content-warning text.
+    Media URLs (and a link card's thumbnail) point at `com.atproto.sync.getBlob` on `pds_url`, the
+    author's PDS, which the caller knows from the session or the DID document; fetching the bytes
+    is the caller's job. Bluesky's self-labels mark the post sensitive; Bluesky has no
+    content-warning text.
     """
     del cid
     did = _did_of(uri)
@@ -223,4 +257,51 @@ def record_to_post(
             id=did,
         ),
         created_at=str(record.get("createdAt") or ""),
+        card=_external_card(record.get("embed"), pds_url, did, sensitive),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# records off the firehose
+
+_CID_CODECS = (0x71, 0x55)  # dag-cbor (records, commits) and raw (blobs)
+_SHA256_CID_LENGTH = 36
+
+
+def _cid_string(data: bytes) -> str | None:
+    """The string form of a binary CID as the AT Protocol writes links, or None for other bytes.
+
+    A decoded DAG-CBOR block gives links and byte strings alike as `bytes`. Every link the
+    protocol makes is a CIDv1 with the dag-cbor or raw codec and a 32-byte SHA-256, so bytes of
+    exactly that shape are read as a link: a byte string that happens to look like one would need
+    36 bytes starting with one of these four-byte prefixes.
+    """
+    if (
+        len(data) == _SHA256_CID_LENGTH
+        and data[0] == 1
+        and data[1] in _CID_CODECS
+        and data[2:4] == b"\x12\x20"
+    ):
+        try:
+            return libipld.encode_cid(data)
+        except ValueError:
+            return None
+    return None
+
+
+def ipld_to_json(value: Any) -> Any:
+    """A record decoded from a repo's DAG-CBOR block, in the JSON form the XRPC API answers with.
+
+    Links become `{"$link": cid}` and byte strings `{"$bytes": base64}` (no padding), so a record
+    taken off the firehose looks exactly like the one `getRecord` or Jetstream gives, blobs included.
+    """
+    if isinstance(value, dict):
+        return {str(key): ipld_to_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [ipld_to_json(item) for item in value]
+    if isinstance(value, bytes | bytearray):
+        link = _cid_string(bytes(value))
+        if link is not None:
+            return {"$link": link}
+        return {"$bytes": base64.b64encode(value).decode("ascii").rstrip("=")}
+    return value

@@ -224,17 +224,22 @@ class MastodonNetwork:
                 return
 
     async def _on_stream_message(self, message: SseMessage, sink: EventSink) -> None:
-        if message.event != "update":
+        if message.event == "delete":
+            deleted = Post(id=message.data.strip().strip('"'), text="")
+            await sink.accept(Event(kind=EventKind.DELETE, account=self.name, post=deleted))
+            return
+        if message.event not in ("update", "status.update"):
             return
         try:
             status = json.loads(message.data)
         except json.JSONDecodeError:
             log.warning("%s: unreadable stream payload skipped", self.name)
             return
-        if isinstance(status, dict) and str(status.get("account", {}).get("id")) == str(
-            self.me["id"]
-        ):
-            await self._emit(status, sink)
+        if not isinstance(status, dict):
+            return
+        if str(status.get("account", {}).get("id")) != str(self.me["id"]):
+            return
+        await self._emit(status, sink, edit=message.event == "status.update")
 
     async def _emit(self, status: dict[str, Any], sink: EventSink, edit: bool = False) -> None:
         status_id = str(status["id"])

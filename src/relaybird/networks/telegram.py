@@ -117,7 +117,10 @@ class TelegramNetwork:
         try:
             try:
                 await self.bot.edit_message_text(
-                    text=text, entities=message_entities, chat_id=self.chat_id, message_id=message_id
+                    text=text,
+                    entities=message_entities,
+                    chat_id=self.chat_id,
+                    message_id=message_id,
                 )
             except BadRequest as error:
                 if "no text in the message" not in error.message.lower():

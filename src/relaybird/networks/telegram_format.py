@@ -36,7 +36,7 @@ _FORMATTING_IN = {
     "spoiler": SpanKind.SPOILER,
 }
 _LINK_TYPES = frozenset({"url", "text_link"})
-#: How a content warning reads on Telegram, which has no field for one (see `split_content_warning`).
+#: How a content warning reads on Telegram, which has no field for one (`split_content_warning`).
 CW_PREFIX = "CW: "
 
 
@@ -250,7 +250,7 @@ def _visibility(chat: dict[str, Any], username: str | None) -> Visibility:
 
 
 def split_content_warning(post: Post) -> Post:
-    """Read back the form `fitting.apply_content_warning` gives a warning on networks without a field.
+    """Read back the form `fitting.apply_content_warning` gives a warning where there is no field.
 
     That form is ``CW: <warning>`` on its own line(s), then the text under one spoiler to the end.
     A media-only post has no text to hide, so there ``CW: <warning>`` alone counts when the media

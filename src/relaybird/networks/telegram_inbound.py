@@ -32,7 +32,6 @@ from telegram.error import (
     Conflict,
     Forbidden,
     InvalidToken,
-    NetworkError,
     RetryAfter,
     TelegramError,
 )
@@ -49,6 +48,8 @@ ALLOWED_UPDATES = ("channel_post", "edited_channel_post", "message", "edited_mes
 _NEW = frozenset({"channel_post", "message"})
 #: Albums remembered after they were emitted, so that editing one part edits the whole post.
 _REMEMBERED_ALBUMS = 256
+#: How often held updates are fetched again while an album is collected (see the module docstring).
+_ALBUM_POLL_INTERVAL = 0.1
 
 
 def _retry_seconds(error: RetryAfter) -> float:
@@ -131,13 +132,13 @@ class TelegramListener:
                 failures += 1
                 sink.set_connected(self.name, False, f"Telegram refused the bot: {error.message}")
                 await self._back_off(failures, "refused")
-            except (NetworkError, TelegramError) as error:
+            except TelegramError as error:
                 failures += 1
                 sink.set_connected(self.name, False, f"polling failed: {type(error).__name__}")
                 await self._back_off(failures, type(error).__name__)
 
     async def _back_off(self, failures: int, reason: str) -> None:
-        """Exponential with full jitter, so that restarted instances do not poll in step."""
+        """Exponential, jittered so that restarted instances do not poll in step."""
         ceiling = min(self.retry_max, self.retry_base * 2 ** min(failures - 1, 16))
         delay = random.uniform(ceiling / 2, ceiling)
         log.warning("%s: polling stopped (%s); retrying in %.1f s", self.name, reason, delay)
@@ -163,7 +164,7 @@ class TelegramListener:
         if album is not None:
             # Held updates are re-sent at once, so a long poll would spin: look again shortly.
             due = album.last_part_at + self.album_wait - time.monotonic()
-            await asyncio.sleep(min(max(due, 0.0), max(self.album_wait / 4, 0.02)))
+            await asyncio.sleep(min(max(due, 0.0), _ALBUM_POLL_INTERVAL))
         updates = await self.bot.get_updates(
             offset=(self._confirmed or 0) + 1,
             timeout=0 if self._held else self.poll_timeout,

@@ -33,12 +33,14 @@ from relaybird.sandbox.bluesky_auth import (
     invalid_request,
     tightest,
 )
+from relaybird.sandbox.bluesky_firehose import BACKFILL_WINDOW, SUBSCRIBE_REPOS, Firehose
 from relaybird.sandbox.bluesky_ipld import (
     Link,
     NotIpldError,
     TidClock,
     UnsafeIntegerError,
     blob_cid,
+    encode_dag_cbor,
     find_blob_refs,
     ipld_to_json,
     json_to_ipld,
@@ -54,6 +56,7 @@ from relaybird.sandbox.bluesky_lexicon import (
     known_records,
     validate_record,
 )
+from relaybird.sandbox.bluesky_repo import Repo, RepoOp, SigningKey
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +122,9 @@ class _Account:
     handle: str
     password: str
     email: str | None
+    repo: Repo
     records: dict[tuple[str, str], _StoredRecord] = field(default_factory=dict)
     blobs: dict[str, _StoredBlob] = field(default_factory=dict)
-    rev: str = ""
 
 
 @dataclass
@@ -188,17 +191,6 @@ def _did_for(handle: str) -> str:
     return "did:plc:" + "".join(alphabet[(number >> (5 * i)) & 31] for i in range(24))
 
 
-def _public_key(did: str) -> str:
-    """A multibase (base58btc) key-shaped string; nothing here signs, so it only looks right."""
-    alphabet = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-    number = int.from_bytes(b"\xe7\x01\x02" + hashlib.sha256(did.encode()).digest(), "big")
-    digits = ""
-    while number:
-        number, remainder = divmod(number, 58)
-        digits = alphabet[remainder] + digits
-    return "z" + digits
-
-
 class BlueskySandbox:
     """An in-memory PDS on 127.0.0.1 for tests and `relaybird demo`.
 
@@ -206,6 +198,10 @@ class BlueskySandbox:
     `access_ttl`/`refresh_ttl` default to the PDS's 2 hours and 90 days. `rate_limits=False`
     turns off the limits (login 30 per 5 minutes per identifier, writes 5,000 points an hour).
     `image_max_size` is the images-embed blob limit the PDS enforces when a post is written.
+
+    Every write is also sequenced on `firehose` and streamed at
+    `com.atproto.sync.subscribeRepos`; `firehose_backfill` is how old (in `clock` seconds) an
+    event may be and still be replayed from a cursor.
     """
 
     def __init__(
@@ -220,6 +216,7 @@ class BlueskySandbox:
         blob_upload_limit: int = BLOB_UPLOAD_LIMIT,
         handle_domains: tuple[str, ...] = (".test",),
         pds_endpoint: str | None = None,
+        firehose_backfill: float = BACKFILL_WINDOW,
     ) -> None:
         self._clock = clock
         self._tokens = TokenIssuer(
@@ -236,6 +233,7 @@ class BlueskySandbox:
         # Where session DID documents send clients; None means this server's own base URL.
         self.pds_endpoint = pds_endpoint
         self._tids = TidClock(clock)
+        self.firehose = Firehose(clock, backfill_window=firehose_backfill)
         self._seq = 0
         self._accounts: dict[str, _Account] = {}
         self._runner: web.AppRunner | None = None
@@ -278,6 +276,7 @@ class BlueskySandbox:
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
+        self.firehose.drop_connections()
         if runner is not None:
             await runner.cleanup()
 
@@ -286,14 +285,24 @@ class BlueskySandbox:
     def create_account(
         self, handle: str, password: str, *, email: str | None = None
     ) -> SandboxAccount:
-        """Add an account; its DID is derived from the handle, so it is the same on every run."""
+        """Add an account; its DID is derived from the handle, so it is the same on every run.
+
+        Like the PDS's createAccount, this sequences `#identity`, `#account`, the empty repo's
+        first `#commit` and a `#sync` on the firehose.
+        """
         handle = handle.lower()
         if not is_valid_handle(handle):
             raise ValueError(f"not a valid handle: {handle!r}")
         if any(account.handle == handle for account in self._accounts.values()):
             raise ValueError(f"handle already taken: {handle!r}")
         did = _did_for(handle)
-        self._accounts[did] = _Account(did, handle, password, email, rev=self._tids.next())
+        account = _Account(did, handle, password, email, Repo(did, SigningKey(did)))
+        self._accounts[did] = account
+        first = account.repo.apply({}, [], self._tids.next())
+        self.firehose.identity(did, handle)
+        self.firehose.account(did, active=True)
+        self.firehose.commit(did, first)
+        self.firehose.sync(did, first)
         return SandboxAccount(did, handle, password)
 
     def records(self, did: str, collection: str = "app.bsky.feed.post") -> list[SandboxRecord]:
@@ -329,6 +338,8 @@ class BlueskySandbox:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         call = _Call(request, request.match_info["nsid"])
+        if call.nsid == SUBSCRIBE_REPOS and _is_websocket(request):
+            return await self._subscribe(call)
         try:
             response = await self._answer(call)
         except XrpcError as error:
@@ -352,6 +363,16 @@ class BlueskySandbox:
             return await self._not_served(call)
         self._consume(call, GLOBAL_IP, call.ip)
         return await endpoint[1](call)
+
+    async def _subscribe(self, call: _Call) -> web.StreamResponse:
+        """The firehose: interceptors may still answer (a refused upgrade) before it streams."""
+        for interceptor in self.interceptors:
+            early = await interceptor(call.request, call.nsid)
+            if early is not None:
+                self.requests_log.append(LoggedRequest(call.nsid, early.status))
+                return early
+        self.requests_log.append(LoggedRequest(call.nsid, 101))
+        return await self.firehose.serve(call.request)
 
     async def _not_served(self, call: _Call) -> web.StreamResponse:
         """The PDS hands unknown methods to its AppView, which this sandbox (like dev-env) lacks."""
@@ -448,7 +469,7 @@ class BlueskySandbox:
                     "id": "#atproto",
                     "type": "EcdsaSecp256k1VerificationKey2019",
                     "controller": account.did,
-                    "publicKeyMultibase": _public_key(account.did),
+                    "publicKeyMultibase": account.repo.key.multibase,
                 }
             ],
             "service": [
@@ -644,12 +665,12 @@ class BlueskySandbox:
         for ref in refs:
             account.blobs[ref["ref"].cid].permanent = True
 
-    def _commit(self, account: _Account, data_cid: str | None) -> dict[str, str]:
-        account.rev = self._tids.next()
-        commit = {"did": account.did, "rev": account.rev, "version": 3}
-        if data_cid is not None:
-            commit["data"] = data_cid
-        return {"cid": record_cid(commit), "rev": account.rev}
+    def _commit(self, account: _Account, op: RepoOp) -> dict[str, str]:
+        """Sign the repo's new state after one write, put it on the firehose, and name it."""
+        items = {f"{c}/{rkey}": stored.cid for (c, rkey), stored in account.records.items()}
+        commit = account.repo.apply(items, [op], self._tids.next())
+        self.firehose.commit(account.did, commit)
+        return {"cid": commit.cid, "rev": commit.rev}
 
     def _store(
         self, account: _Account, collection: str, prepared: _PreparedWrite, seq: int | None
@@ -697,8 +718,8 @@ class BlueskySandbox:
             # The reference PDS fails this way on a key already taken; the contract test checks it.
             raise internal_error()
         self._attach_blobs(account, prepared.value)
-        commit = self._commit(account, prepared.cid)
         self._store(account, collection, prepared, None)
+        commit = self._commit(account, _write_op(collection, prepared, None))
         return self._write_answer(account, collection, prepared, commit)
 
     async def _put_record(self, call: _Call) -> web.StreamResponse:
@@ -721,8 +742,9 @@ class BlueskySandbox:
                 f"Record was at {current.cid if current else 'null'}", "InvalidSwap"
             )
         self._attach_blobs(account, prepared.value)
-        commit = self._commit(account, prepared.cid)
         self._store(account, collection, prepared, current.seq if current else None)
+        op = _write_op(collection, prepared, current.cid if current else None)
+        commit = self._commit(account, op)
         return self._write_answer(account, collection, prepared, commit)
 
     async def _delete_record(self, call: _Call) -> web.StreamResponse:
@@ -740,7 +762,8 @@ class BlueskySandbox:
         if swap is not _ABSENT and swap is not None and swap != current.cid:
             raise invalid_request(f"Record was at {current.cid}", "InvalidSwap")
         del account.records[(collection, rkey)]
-        return _json_response({"commit": self._commit(account, None)})
+        op = RepoOp("delete", f"{collection}/{rkey}", None, current.cid)
+        return _json_response({"commit": self._commit(account, op)})
 
     # --- blobs ----------------------------------------------------------------------------------
 
@@ -798,6 +821,21 @@ _FORMAT_NAMES = {
     "cid": "CID string",
     "handle": "handle",
 }
+
+
+def _is_websocket(request: web.Request) -> bool:
+    return request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def _write_op(collection: str, prepared: _PreparedWrite, previous: str | None) -> RepoOp:
+    """A create (or, over an existing record, an update) with the record block the CAR needs."""
+    return RepoOp(
+        "create" if previous is None else "update",
+        f"{collection}/{prepared.rkey}",
+        prepared.cid,
+        previous,
+        encode_dag_cbor(prepared.value),
+    )
 
 
 def _refuse_constant(name: str) -> None:

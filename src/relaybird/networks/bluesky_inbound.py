@@ -1,0 +1,622 @@
+"""Bluesky as a source: the account's own posts from the firehose, from Jetstream, or by polling.
+
+Three ways to learn about new records, for three kinds of setups:
+
+- **jetstream** (the lightest, for accounts on bsky.social): Jetstream's JSON stream, filtered by
+  the server to our DID and `app.bsky.feed.post`, so almost nothing crosses the wire. The cursor is
+  Jetstream's `time_us`.
+- **firehose**: the PDS's own `com.atproto.sync.subscribeRepos` (CBOR), for a self-hosted PDS with no
+  Jetstream in front of it. It carries every account of that PDS; all but ours are skipped unread.
+  The cursor is the stream's `seq`.
+- **poll**: `com.atproto.repo.listRecords` of our repo every `poll_interval` seconds, which any PDS
+  answers, even one whose firehose is unreachable. The cursor is the newest record key seen (record
+  keys of posts are TIDs, which sort by creation time). Polling sees only what exists: **deletes and
+  edits are invisible to it**, and a post whose record key was backdated below the cursor (an import
+  from elsewhere) is never seen.
+
+Every mode emits POST or REPLY for a new post, the streams also EDIT (an `update` of the record; the
+version is the commit's `rev`) and DELETE. Images and a link card's thumbnail are downloaded from the
+PDS before the event is handed on, so the outbox holds everything a target needs.
+
+The first start mirrors nothing from the past: firehose and Jetstream connect live, polling records
+the newest existing key. Jetstream also stores "now" as its first cursor, so that posts written
+while the daemon is stopped right after a quiet first run are still caught up; the firehose has no
+such clock and saves the first `seq` it sees (any account's). Cursors only move forward: an event at
+or before the stored cursor is dropped as already handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import aiohttp
+from atproto import (
+    CAR,
+    AsyncClient,
+    AsyncFirehoseSubscribeReposClient,
+    models,
+    parse_subscribe_repos_message,
+)
+from atproto_client.exceptions import AtProtocolError
+from websockets.exceptions import ConnectionClosedOK
+
+from relaybird.media import MediaError, download
+from relaybird.model import Author, Event, EventKind, LinkCard, Media, Post
+from relaybird.networks.base import EventSink
+from relaybird.networks.bluesky_format import NETWORK, ipld_to_json, record_to_post
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["jetstream", "firehose", "poll"]
+MODES: tuple[Mode, ...] = ("jetstream", "firehose", "poll")
+
+POST_COLLECTION = "app.bsky.feed.post"
+#: A connection that stayed up this long resets the backoff to its first step.
+HEALTHY_SECONDS = 30.0
+#: Other accounts' firehose frames move the cursor too, but are saved at most this often.
+FOREIGN_CURSOR_SAVE_SECONDS = 5.0
+#: Microseconds since 1970 passed 10**14 in 1973: below it a number is a firehose seq, not a time.
+TIME_US_FLOOR = 10**14
+LIST_PAGE = 100
+TID_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
+#: The smallest TID: the cursor of an empty repo, so that its first post counts as new.
+TID_ZERO = "2222222222222"
+_TID = re.compile(r"^[234567abcdefghij][234567abcdefghijklmnopqrstuvwxyz]{12}$")
+
+
+class StreamLost(Exception):
+    """The stream ended; the message says why in words fit for `relaybird status`."""
+
+
+def backoff_delay(failures: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter, so that many clients cut off at once do not return at once."""
+    return float(min(cap, base * 2.0 ** min(failures, 20)) * random.uniform(0.5, 1.0))
+
+
+def firehose_base(pds_url: str) -> str:
+    """`ws(s)://host/xrpc` for a PDS given as `http(s)://host`: where `subscribeRepos` lives."""
+    parts = urlsplit(pds_url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, f"{parts.path.rstrip('/')}/xrpc", "", ""))
+
+
+def _at_uri(did: str, collection: str, rkey: str) -> str:
+    return f"at://{did}/{collection}/{rkey}"
+
+
+def _digits(cursor: str | None) -> int | None:
+    return int(cursor) if cursor is not None and cursor.isdigit() else None
+
+
+def _error_detail(error: BaseException) -> str:
+    """A one-line reason without URLs or tokens: the type, and the server's error name if any."""
+    if isinstance(error, StreamLost):
+        return str(error)
+    response = getattr(error, "response", None)
+    content = getattr(response, "content", None)
+    name = getattr(content, "error", None)
+    return f"{type(error).__name__}: {name}" if name else type(error).__name__
+
+
+@dataclass
+class Context:
+    """What every mode shares: who we are, where events go, and how to report health."""
+
+    name: str
+    did: str
+    handle: str
+    pds_url: str
+    sink: EventSink
+    http: aiohttp.ClientSession
+    opened_at: float | None = None
+    delivered: bool = False
+
+    def opened(self, detail: str) -> None:
+        self.opened_at = time.monotonic()
+        self.sink.set_connected(self.name, True, detail)
+
+    def healthy(self) -> bool:
+        """Whether the last connection earned a reset of the backoff."""
+        if self.delivered:
+            return True
+        return self.opened_at is not None and time.monotonic() - self.opened_at >= HEALTHY_SECONDS
+
+
+class Emitter:
+    """Turns records into events: conversion, media downloads, and the hand-over to the sink."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    async def record(
+        self,
+        operation: str,
+        rkey: str,
+        cid: str,
+        record: dict[str, Any],
+        cursor: str,
+        version: str = "",
+    ) -> None:
+        """Emit a created (POST/REPLY) or updated (EDIT) post."""
+        context = self.context
+        uri = _at_uri(context.did, POST_COLLECTION, rkey)
+        try:
+            post = record_to_post(uri, cid, record, context.handle, pds_url=context.pds_url)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            log.warning("%s: record %s could not be read (%s); skipped", context.name, uri, error)
+            context.sink.save_cursor(context.name, cursor)
+            return
+        post = await self._fetch_media(post)
+        if operation == "update":
+            kind = EventKind.EDIT
+        else:
+            kind = EventKind.REPLY if post.reply_to else EventKind.POST
+        await self._accept(Event(kind, context.name, post, cursor=cursor, version=version))
+
+    async def delete(self, rkey: str, cursor: str) -> None:
+        context = self.context
+        post = Post(
+            id=_at_uri(context.did, POST_COLLECTION, rkey),
+            text="",
+            author=Author(network=NETWORK, handle=context.handle, id=context.did),
+        )
+        await self._accept(Event(EventKind.DELETE, context.name, post, cursor=cursor))
+
+    async def _accept(self, event: Event) -> None:
+        await self.context.sink.accept(event)
+        self.context.delivered = True
+        log.debug("%s: %s %s", self.context.name, event.kind.value, event.post.id)
+
+    async def _fetch_media(self, post: Post) -> Post:
+        media = [await self._fetch(item) for item in post.media]
+        card = post.card
+        if card is not None and card.thumb is not None:
+            card = LinkCard(card.url, card.title, card.description, await self._fetch(card.thumb))
+        return replace(post, media=media, card=card)
+
+    async def _fetch(self, item: Media) -> Media:
+        """The blob's bytes; a blob that cannot be fetched leaves its URL for the target to link."""
+        try:
+            return replace(item, data=await download(self.context.http, item.url))
+        except MediaError as error:
+            log.warning("%s: %s", self.context.name, error)
+            return item
+
+
+# --------------------------------------------------------------------------------------------------
+# firehose
+
+
+class _FirehoseConnection(AsyncFirehoseSubscribeReposClient):  # type: ignore[misc]
+    """One connection of the SDK's firehose client, with our keepalive and our reconnect policy.
+
+    The SDK client reconnects by itself on its own schedule and reports nothing; here it is kept to
+    a single connection (its error hook says "stop"), so that the listener's loop owns backoff,
+    health reports and the cursor of the next attempt. A PDS is silent while nobody writes, so
+    liveness is judged by WebSocket ping/pong (`keepalive` seconds at most), not by silence.
+    """
+
+    def __init__(
+        self, base_uri: str, cursor: int | None, keepalive: float, on_open: Callable[[], None]
+    ) -> None:
+        params = {"cursor": cursor} if cursor is not None else None
+        super().__init__(params=params, base_uri=base_uri, recv_timeout=None)
+        self.keepalive = keepalive
+        self.on_open = on_open
+        self.error: Exception | None = None
+
+    def _get_connect_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(super()._get_connect_kwargs())
+        kwargs.update(ping_interval=self.keepalive / 2, ping_timeout=self.keepalive / 2)
+        return kwargs
+
+    def _get_async_client(self) -> Any:
+        return self._announced(super()._get_async_client())
+
+    @contextlib.asynccontextmanager
+    async def _announced(self, connecting: Any) -> AsyncIterator[Any]:
+        async with connecting as websocket:
+            self.on_open()
+            yield websocket
+
+    def _handle_websocket_error_or_stop(self, exception: Exception) -> bool:
+        self.error = exception
+        return True
+
+
+class FirehoseSource:
+    """The PDS's `subscribeRepos`, keeping only our commits to `app.bsky.feed.post`."""
+
+    def __init__(self, context: Context, cursor: str | None, keepalive: float) -> None:
+        self.context = context
+        self.emitter = Emitter(context)
+        self.keepalive = keepalive
+        self.seq = self._parse(cursor)
+        self.saved_at = 0.0
+        self.callback_error: BaseException | None = None
+
+    def _parse(self, cursor: str | None) -> int | None:
+        seq = _digits(cursor)
+        if cursor is not None and (seq is None or seq >= TIME_US_FLOOR):
+            log.warning(
+                "%s: stored cursor %r is not a firehose seq (was another mode used?); "
+                "starting from now",
+                self.context.name,
+                cursor,
+            )
+            return None
+        return seq
+
+    async def once(self) -> None:
+        self.callback_error = None
+        connection = _FirehoseConnection(
+            firehose_base(self.context.pds_url),
+            self.seq,
+            self.keepalive,
+            lambda: self.context.opened("firehose open"),
+        )
+
+        async def failed(error: BaseException) -> None:
+            self.callback_error = error
+            await connection.stop()
+
+        await connection.start(self._on_frame, failed)
+        if self.callback_error is not None:
+            raise self.callback_error
+        error = connection.error
+        if error is None or isinstance(error, ConnectionClosedOK):
+            raise StreamLost("firehose closed by the server")
+        xrpc = error.args[0] if error.args else None
+        if getattr(xrpc, "error", None) == "FutureCursor":
+            log.warning(
+                "%s: the PDS has no event %s yet (was it reset?); following it from now",
+                self.context.name,
+                self.seq,
+            )
+            self.seq = None
+        raise StreamLost(f"firehose lost: {_error_detail(error)}")
+
+    async def _on_frame(self, frame: Any) -> None:
+        body = frame.body if isinstance(frame.body, dict) else {}
+        if frame.type == "#info":
+            log.warning("%s: firehose says %s", self.context.name, body.get("name"))
+            return
+        seq = body.get("seq")
+        if not isinstance(seq, int) or (self.seq is not None and seq <= self.seq):
+            return
+        ours = body.get("repo", body.get("did")) == self.context.did
+        if ours and frame.type == "#commit":
+            await self._on_commit(frame, seq)
+        elif ours and frame.type == "#identity" and body.get("handle"):
+            self.context.handle = str(body["handle"])
+        self._advance(seq)
+
+    def _advance(self, seq: int) -> None:
+        """Move past a frame; saved when it is the first, then now and then rather than each time."""
+        first = self.seq is None
+        self.seq = seq
+        now = time.monotonic()
+        if first or now - self.saved_at >= FOREIGN_CURSOR_SAVE_SECONDS:
+            self.saved_at = now
+            self.context.sink.save_cursor(self.context.name, str(seq))
+
+    async def _on_commit(self, frame: Any, seq: int) -> None:
+        """Emit each post operation of one of our commits.
+
+        One commit can hold several posts (the app writes a whole thread in one `applyWrites`).
+        All but the last carry the previous seq as their cursor, so that a crash in the middle
+        replays the commit; the store drops the operations it already has.
+        """
+        try:
+            commit = parse_subscribe_repos_message(frame)
+            ops = [op for op in commit.ops if str(op.path).startswith(f"{POST_COLLECTION}/")]
+            blocks = CAR.from_bytes(commit.blocks).blocks if ops and not commit.too_big else {}
+        except (ValueError, TypeError, KeyError, AtProtocolError) as error:
+            log.warning(
+                "%s: unreadable commit at seq %s skipped (%s)", self.context.name, seq, error
+            )
+            return
+        if ops and commit.too_big:
+            log.warning("%s: commit %s too big to carry its records", self.context.name, commit.rev)
+            return
+        for index, op in enumerate(ops):
+            cursor = str(seq if index == len(ops) - 1 else seq - 1)
+            rkey = str(op.path).split("/", 1)[1]
+            if op.action == "delete":
+                await self.emitter.delete(rkey, cursor)
+                continue
+            block = blocks.get(op.cid) if op.cid is not None else None
+            if op.action not in ("create", "update") or not isinstance(block, dict):
+                log.warning(
+                    "%s: %s of %s has no record; skipped", self.context.name, op.action, rkey
+                )
+                continue
+            version = str(commit.rev) if op.action == "update" else ""
+            await self.emitter.record(
+                op.action, rkey, str(op.cid), ipld_to_json(block), cursor, version
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# jetstream
+
+
+class JetstreamSource:
+    """Jetstream's JSON events for our DID and `app.bsky.feed.post` only.
+
+    After a drop or a restart it asks for a replay from `margin` seconds before the cursor, as
+    Jetstream advises; the events of that margin that are not newer than the cursor were already
+    handled (an instance stamps `time_us` strictly increasing) and are dropped. Should the URL lead
+    to another instance whose clock runs behind, an event of those few seconds could be taken for
+    an old one: the price of never repeating one.
+    """
+
+    def __init__(
+        self, context: Context, cursor: str | None, url: str, margin: float, keepalive: float
+    ) -> None:
+        self.context = context
+        self.emitter = Emitter(context)
+        self.url = url
+        self.margin_us = int(margin * 1_000_000)
+        self.keepalive = keepalive
+        # `time_us` is the newest event handled (None while a first start has seen none);
+        # `floor` the stored cursor, below which no cursor we hand out may go.
+        self.time_us = self._parse(cursor)
+        self.floor = self.time_us
+
+    def _parse(self, cursor: str | None) -> int | None:
+        time_us = _digits(cursor)
+        if cursor is not None and (time_us is None or time_us < TIME_US_FLOOR):
+            log.warning(
+                "%s: stored cursor %r is not a Jetstream time (was another mode used?); "
+                "starting from now",
+                self.context.name,
+                cursor,
+            )
+            return None
+        return time_us
+
+    def _subscribe_url(self) -> str:
+        query = [("wantedCollections", POST_COLLECTION), ("wantedDids", self.context.did)]
+        if self.time_us is not None:
+            query.append(("cursor", str(max(0, self.time_us - self.margin_us))))
+        glue = "&" if urlsplit(self.url).query else "?"
+        return f"{self.url}{glue}{urlencode(query)}"
+
+    async def once(self) -> None:
+        if self.time_us is None:
+            self.time_us = self.floor
+        async with self.context.http.ws_connect(
+            self._subscribe_url(), heartbeat=self.keepalive / 2, max_msg_size=8 * 1024 * 1024
+        ) as socket:
+            self.context.opened("jetstream open")
+            if self.floor is None:
+                self._first_start()
+            async for message in socket:
+                if message.type == aiohttp.WSMsgType.TEXT:
+                    await self._on_text(message.data)
+                elif message.type == aiohttp.WSMsgType.ERROR:
+                    break
+            error = socket.exception()
+            code = socket.close_code
+        if error is not None:
+            raise StreamLost(f"jetstream lost: {type(error).__name__}")
+        raise StreamLost(f"jetstream closed by the server (code {code})")
+
+    def _first_start(self) -> None:
+        """Store "now" as the cursor, so a restart after a quiet first run still catches up.
+
+        Events of this first connection are all live, so they are not compared with that local
+        clock reading (Jetstream's clock may differ from ours by a little).
+        """
+        self.floor = time.time_ns() // 1000
+        self.context.sink.save_cursor(self.context.name, str(self.floor))
+        log.info("%s: first start; mirroring posts from now on", self.context.name)
+
+    async def _on_text(self, data: str) -> None:
+        try:
+            event = json.loads(data)
+            time_us = int(event["time_us"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s: unreadable Jetstream event skipped", self.context.name)
+            return
+        if self.time_us is not None and time_us <= self.time_us:
+            return
+        if event.get("did") != self.context.did:
+            return
+        kind = event.get("kind")
+        commit = event.get("commit")
+        if kind == "identity" and (event.get("identity") or {}).get("handle"):
+            self.context.handle = str(event["identity"]["handle"])
+        if kind == "commit" and isinstance(commit, dict):
+            await self._on_commit(commit, str(max(time_us, self.floor or 0)))
+        self.time_us = time_us
+
+    async def _on_commit(self, commit: dict[str, Any], cursor: str) -> None:
+        if commit.get("collection") != POST_COLLECTION:
+            return
+        rkey = str(commit.get("rkey") or "")
+        operation = commit.get("operation")
+        if operation == "delete":
+            await self.emitter.delete(rkey, cursor)
+        elif operation in ("create", "update") and isinstance(commit.get("record"), dict):
+            version = str(commit.get("rev") or "") if operation == "update" else ""
+            await self.emitter.record(
+                str(operation),
+                rkey,
+                str(commit.get("cid") or ""),
+                commit["record"],
+                cursor,
+                version,
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# poll
+
+
+def tid_for(micros: int, clock_id: int = 0) -> str:
+    """The record key (TID) of a moment in microseconds: 13 base32 characters that sort by time."""
+    value = (micros << 10) | clock_id
+    return "".join(TID_ALPHABET[(value >> shift) & 31] for shift in range(60, -1, -5))
+
+
+class PollSource:
+    """`listRecords` of our own repo; new record keys are emitted oldest first."""
+
+    def __init__(
+        self, context: Context, cursor: str | None, client: AsyncClient, interval: float
+    ) -> None:
+        self.context = context
+        self.emitter = Emitter(context)
+        self.client = client
+        self.interval = interval
+        self.rkey = self._parse(cursor)
+
+    def _parse(self, cursor: str | None) -> str | None:
+        if cursor is not None and not _TID.match(cursor):
+            log.warning(
+                "%s: stored cursor %r is not a record key (was another mode used?); "
+                "starting from now",
+                self.context.name,
+                cursor,
+            )
+            return None
+        return cursor
+
+    async def once(self) -> None:
+        """Poll until a call fails; each successful call counts as being connected."""
+        while True:
+            newer = await self._newer_records()
+            self.context.opened("polling")
+            if self.rkey is None:
+                self.rkey = max((rkey for rkey, _ in newer), default=TID_ZERO)
+                self.context.sink.save_cursor(self.context.name, self.rkey)
+                log.info("%s: first start; mirroring posts from now on", self.context.name)
+            else:
+                for rkey, record in sorted(newer, key=lambda item: item[0]):
+                    await self.emitter.record(
+                        "create",
+                        rkey,
+                        str(record.cid),
+                        models.get_model_as_dict(record.value),
+                        rkey,
+                    )
+                    self.rkey = rkey
+            await asyncio.sleep(self.interval)
+
+    async def _newer_records(self) -> list[tuple[str, Any]]:
+        """Records with a key above the cursor; on a first start only the newest one.
+
+        Pages come newest first, so paging stops at the first page that reaches the cursor.
+        """
+        found: list[tuple[str, Any]] = []
+        page_cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {
+                "repo": self.context.did,
+                "collection": POST_COLLECTION,
+                "limit": 1 if self.rkey is None else LIST_PAGE,
+            }
+            if page_cursor:
+                params["cursor"] = page_cursor
+            page = await self.client.com.atproto.repo.list_records(params)
+            keyed = [(str(r.uri).rsplit("/", 1)[-1], r) for r in page.records]
+            newer = [
+                (rkey, record)
+                for rkey, record in keyed
+                if _TID.match(rkey) and (self.rkey is None or rkey > self.rkey)
+            ]
+            found.extend(newer)
+            page_cursor = page.cursor
+            if self.rkey is None or len(newer) < len(keyed) or not keyed or not page_cursor:
+                return found
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+class BlueskyListener:
+    """Streams one Bluesky account's own posts into an EventSink until cancelled."""
+
+    def __init__(
+        self,
+        name: str,
+        client: AsyncClient,
+        did: str,
+        handle: str,
+        *,
+        mode: Mode,
+        pds_url: str,
+        jetstream_url: str,
+        poll_interval: float = 60.0,
+        stall_timeout: float = 60.0,
+        jetstream_margin: float = 2.0,
+        reconnect_base: float = 1.0,
+        reconnect_max: float = 300.0,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown Bluesky listening mode {mode!r}; use one of {MODES}")
+        self.name = name
+        self.client = client
+        self.did = did
+        self.handle = handle
+        self.mode = mode
+        self.pds_url = pds_url.rstrip("/")
+        self.jetstream_url = jetstream_url
+        self.poll_interval = poll_interval
+        self.stall_timeout = stall_timeout
+        self.jetstream_margin = jetstream_margin
+        self.reconnect_base = reconnect_base
+        self.reconnect_max = reconnect_max
+
+    def _source(
+        self, context: Context, cursor: str | None
+    ) -> FirehoseSource | JetstreamSource | PollSource:
+        if self.mode == "firehose":
+            return FirehoseSource(context, cursor, self.stall_timeout)
+        if self.mode == "jetstream":
+            return JetstreamSource(
+                context, cursor, self.jetstream_url, self.jetstream_margin, self.stall_timeout
+            )
+        return PollSource(context, cursor, self.client, self.poll_interval)
+
+    async def run(self, cursor: str | None, sink: EventSink) -> None:
+        """Listen until cancelled, reconnecting with backoff; health goes to `sink.set_connected`."""
+        try:
+            async with aiohttp.ClientSession() as http:
+                context = Context(self.name, self.did, self.handle, self.pds_url, sink, http)
+                await self._loop(self._source(context, cursor), context)
+        except asyncio.CancelledError:
+            sink.set_connected(self.name, False, "stopped")
+            raise
+
+    async def _loop(
+        self, source: FirehoseSource | JetstreamSource | PollSource, context: Context
+    ) -> None:
+        failures = 0
+        while True:
+            context.opened_at, context.delivered = None, False
+            try:
+                await source.once()
+                detail = "stream ended"
+            except (StreamLost, aiohttp.ClientError, OSError, AtProtocolError) as error:
+                detail = _error_detail(error)
+            except Exception as error:
+                log.exception("%s: unexpected error while listening", self.name)
+                detail = f"unexpected error: {type(error).__name__}"
+            failures = 0 if context.healthy() else failures + 1
+            context.sink.set_connected(self.name, False, detail)
+            delay = backoff_delay(failures, self.reconnect_base, self.reconnect_max)
+            log.warning("%s: %s; reconnecting in %.1f s", self.name, detail, delay)
+            await asyncio.sleep(delay)
