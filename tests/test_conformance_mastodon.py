@@ -116,6 +116,9 @@ async def _exercise(api: Client, alice: str, bob: str, spender: str, ids: dict[s
         ("language", "en"),
     ]
     status = await api.request("POST", "/api/v1/statuses", alice, data=fields)
+    await api.request(
+        "POST", "/api/v1/statuses", alice, data={"status": "https://example.org/card"}
+    )
     reply = {"status": "a reply", "in_reply_to_id": status["id"], "visibility": "unlisted"}
     await api.request("POST", "/api/v1/statuses", alice, json=reply)
     for suffix in ("", "/source", "/context", "/history"):
@@ -142,6 +145,7 @@ async def _record(sandbox: MastodonSandbox) -> Recording:
     bob = sandbox.create_account("bob", "Bob")
     spender = sandbox.create_account("spender")
     ids = {"alice": alice.id, "bob": bob.id}
+    sandbox.register_card("https://example.org/card", "A card", "Described", _png())
     socket_url = f"{sandbox.base_url}/api/v1/streaming?access_token={bob.token}"
     async with aiohttp.ClientSession() as http, http.ws_connect(socket_url) as socket:
         await socket.send_json({"type": "subscribe", "stream": "user"})
@@ -318,6 +322,9 @@ ENTITIES: dict[str, Callable[[Recording], list[Any]]] = {
     "Notification": lambda r: [
         *r.one("GET", "/api/v1/notifications"),
         r.one("GET", r"/api/v1/notifications/\d+"),
+    ],
+    "PreviewCard": lambda r: [
+        s["card"] for s in r.bodies("POST", r"/api/v1/statuses") if s["card"]
     ],
     "StatusSource": lambda r: [r.one("GET", r"/api/v1/statuses/\d+/source")],
     "Context": lambda r: [r.one("GET", r"/api/v1/statuses/\d+/context")],

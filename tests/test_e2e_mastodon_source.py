@@ -240,3 +240,25 @@ def test_healthz_reports_a_lost_stream_with_503(networks: Networks) -> None:
         assert answer[1]["accounts"]["news_bsky"]["connected"] is True
     finally:
         daemon.stop()
+
+
+def test_link_card_becomes_a_bluesky_external_embed_with_thumbnail(networks: Networks) -> None:
+    url = "https://example.org/story/card"
+    thumb = noisy_jpeg((300, 200))
+    networks.loop.call(networks.masto.register_card, url, "A story", "What happened", thumb)
+    daemon = networks.daemon().start()
+    try:
+        networks.editor().status_post(f"Read this: {url}")
+        mirrored(networks, 1, 1)
+    finally:
+        daemon.stop()
+    external = value(networks.bsky_posts()[0])["embed"]["external"]
+    assert (external["uri"], external["title"], external["description"]) == (
+        url,
+        "A story",
+        "What happened",
+    )
+    blob = networks.loop.call(
+        networks.bsky.blob, networks.bsky_did, external["thumb"]["ref"]["$link"]
+    )
+    assert blob == thumb

@@ -90,3 +90,11 @@ def test_telegram_caption_limit_applies_when_media_is_attached() -> None:
     parts = fit_post(post(long_text, media=[photo]), TELEGRAM)
     assert parts[0].media and len(parts[0].text) <= 1024
     assert sum(len(p.text.split()) for p in parts) == 300
+
+
+def test_media_that_cannot_be_carried_leaves_a_link_to_the_original() -> None:
+    video = Media(mime="video/mp4", alt="clip", data=b"\x00" * 2_000_000)
+    (part,) = fit_post(post("watch", media=[video]), BLUESKY)
+    assert part.media == []
+    assert part.text == f"watch\n\n📎 media: {PERMALINK}"
+    assert part.spans[-1].url == PERMALINK

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 ELLIPSIS = " … "
 REPLY_CONTEXT = "\n\n↩ "
+MEDIA_LEFT_OUT = "\n\n📎 media: "
 
 
 @dataclass
@@ -153,10 +154,10 @@ def fit_post(post: Post, caps: Capabilities, options: FitOptions | None = None) 
         thumbs = fit_media([card.thumb], caps)
         card = replace(card, thumb=thumbs[0] if thumbs else None)
     shaped = apply_content_warning(apply_template(post, options.template), caps)
-    if options.standalone_reply and post.permalink:
-        text, spans = _append(
-            shaped.text, shaped.spans, REPLY_CONTEXT + post.permalink, post.permalink
-        )
+    left_out = len(media) < len(post.media)
+    if (options.standalone_reply or left_out) and post.permalink:
+        lead = REPLY_CONTEXT if options.standalone_reply else MEDIA_LEFT_OUT
+        text, spans = _append(shaped.text, shaped.spans, lead + post.permalink, post.permalink)
         shaped = replace(shaped, text=text, spans=spans)
     limit = caps.max_text
     if media and caps.max_text_with_media is not None:

@@ -304,7 +304,7 @@ class MastodonNetwork:
             text,
             in_reply_to_id=reply_to.parent.id if reply_to else None,
             media_ids=media_ids or None,
-            sensitive=post.sensitive or None,
+            sensitive=post.sensitive or any(item.sensitive for item in post.media) or None,
             spoiler_text=post.content_warning or None,
             visibility=post.visibility.value,
             language=post.language,

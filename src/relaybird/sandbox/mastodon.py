@@ -216,6 +216,8 @@ class MastodonSandbox:
             defer_image_processing=defer_image_processing,
         )
         self.entities = Entities(self.store, title)
+        self._card_images: dict[str, bytes] = {}
+        self._card_paths: dict[str, bytes] = {}
         self.hub = StreamHub()
         self.rate_limiter = RateLimiter(rate_limit, rate_limit_period)
         self.heartbeat_seconds = heartbeat_seconds
@@ -310,6 +312,42 @@ class MastodonSandbox:
 
     def _resolve(self, who: str | SandboxAccount) -> SandboxAccount:
         return who if isinstance(who, SandboxAccount) else self.account(who)
+
+    def register_card(
+        self, url: str, title: str, description: str = "", image: bytes | None = None
+    ) -> None:
+        """What the server's link fetcher found at `url`; statuses linking to it show this card."""
+        image_url = None
+        if image is not None:
+            self._card_images[url] = image
+            image_url = self.store.site.url(
+                f"/system/cache/preview_cards/{len(self._card_images)}.png"
+            )
+            self._card_paths[image_url.rsplit("/", 1)[-1]] = image
+        host = url.split("/")[2] if "//" in url else ""
+        self.entities.cards[url] = {
+            "url": url,
+            "title": title,
+            "description": description,
+            "type": "link",
+            "author_name": host,
+            "author_url": f"https://{host}/",
+            "authors": [],
+            "provider_name": host,
+            "provider_url": f"https://{host}" if host else "",
+            "html": "",
+            "width": 400 if image is not None else 0,
+            "height": 300 if image is not None else 0,
+            "image": image_url,
+            "embed_url": url,
+            "blurhash": None,
+        }
+
+    async def _card_image(self, request: web.Request) -> web.Response:
+        found = self._card_paths.get(request.match_info["name"])
+        if found is None:
+            return _error(404, "Record not found")
+        return web.Response(body=found, content_type="image/png")
 
     def statuses_of(self, username: str) -> list[Json]:
         return self._on_loop(lambda: self._statuses_of(username))
@@ -421,6 +459,7 @@ class MastodonSandbox:
             app.router.add_route(method, path + "/", handler)
         for path in STATIC_IMAGES:
             app.router.add_get(path, self._static_image)
+        app.router.add_get("/system/cache/preview_cards/{name}", self._card_image)
         return app
 
     @web.middleware

@@ -42,6 +42,14 @@ class Entities:
         self.store = store
         self.site = store.site
         self.title = title
+        self.cards: dict[str, Json] = {}
+
+    def card_for(self, text: str) -> Json | None:
+        """The preview card of the first link the server has fetched one for, as Mastodon shows it."""
+        for url, card in self.cards.items():
+            if url in text:
+                return card
+        return None
 
     # accounts
 
@@ -156,7 +164,7 @@ class Entities:
             "emojis": [],
             "quote": None,
             "quote_approval": self._quote_approval(status),
-            "card": None,
+            "card": None if original or status.media_ids else self.card_for(status.text),
             "poll": None,
         }
         if viewer is not None:
