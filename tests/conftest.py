@@ -13,10 +13,14 @@ from mastodon import Mastodon
 from relaybird.sandbox.bluesky import BlueskySandbox
 from relaybird.sandbox.mastodon import MastodonSandbox
 from relaybird.sandbox.telegram import TelegramSandbox
+from tests.appview import appview_network_fixture
 from tests.harness import Daemon, LoopThread, free_port
 from tests.realpds import real_pds_fixture
 
 real_pds = pytest.fixture(scope="session", name="real_pds")(real_pds_fixture())
+appview_network = pytest.fixture(scope="session", name="appview_network")(
+    appview_network_fixture()
+)
 
 SECRETS = {
     "MASTODON_TOKEN": "",

@@ -6,18 +6,23 @@ follows the DID document of the session to this server. Status codes, error name
 limits are those of the PDS pinned in `tests/pds` (the contract test runs the same calls against
 both). Without an AppView, `app.bsky.*` queries answer 502 as they do on that PDS.
 
-Every request goes through `interceptors` before its handler, so that a test can answer in its
-place (a fault, a delay) without touching the handlers.
+Every request goes through the switchable `faults` (429s with the PDS's RateLimit headers, 5xx,
+delays, resets, broken JSON, answers held back after the write landed; matched by NSID and account)
+and then through `interceptors` before its handler, so that a test can answer in its place without
+touching the handlers. The faults also refuse, stall and cut firehose connections.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, NamedTuple
 
 from aiohttp import web
@@ -57,6 +62,7 @@ from relaybird.sandbox.bluesky_lexicon import (
     validate_record,
 )
 from relaybird.sandbox.bluesky_repo import Repo, RepoOp, SigningKey
+from relaybird.sandbox.faults import ErrorShape, Faults, Target
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +79,20 @@ WRITE_HOUR = RateLimit("repo-write-hour", 5000, 3600)
 WRITE_DAY = RateLimit("repo-write-day", 35000, 86400)
 UPLOAD_DAY = RateLimit("uploadBlob-day", 1000, 86400)
 CREATE_POINTS, UPDATE_POINTS, DELETE_POINTS = 3, 2, 1
+# The error names the XRPC spec gives each status, which clients and the SDK report.
+_XRPC_ERRORS = {
+    400: "InvalidRequest",
+    401: "AuthenticationRequired",
+    403: "Forbidden",
+    404: "XRPCNotSupported",
+    413: "PayloadTooLarge",
+    429: "RateLimitExceeded",
+    500: "InternalServerError",
+    501: "MethodNotImplemented",
+    502: "UpstreamFailure",
+    503: "NotEnoughResources",
+    504: "UpstreamTimeout",
+}
 
 Interceptor = Callable[[web.Request, str], Awaitable[web.StreamResponse | None]]
 """Called with each request and its NSID before the handler; a response returned answers instead."""
@@ -233,7 +253,9 @@ class BlueskySandbox:
         # Where session DID documents send clients; None means this server's own base URL.
         self.pds_endpoint = pds_endpoint
         self._tids = TidClock(clock)
-        self.firehose = Firehose(clock, backfill_window=firehose_backfill)
+        self.faults = Faults()
+        self._fault_shape = ErrorShape(self._fault_error, b'{"uri":"at://did:plc:')
+        self.firehose = Firehose(clock, backfill_window=firehose_backfill, faults=self.faults)
         self._seq = 0
         self._accounts: dict[str, _Account] = {}
         self._runner: web.AppRunner | None = None
@@ -272,10 +294,12 @@ class BlueskySandbox:
         shown_host = f"[{host}]" if ":" in host else host
         self.base_url = f"http://{shown_host}:{bound_port}"
         self._tokens.audience = f"did:web:{host}%3A{bound_port}"
+        self.faults.bind(asyncio.get_running_loop())
         return self.base_url
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
+        self.faults.release()
         self.firehose.drop_connections()
         if runner is not None:
             await runner.cleanup()
@@ -340,6 +364,51 @@ class BlueskySandbox:
         call = _Call(request, request.match_info["nsid"])
         if call.nsid == SUBSCRIBE_REPOS and _is_websocket(request):
             return await self._subscribe(call)
+        handled = False
+
+        async def proceed() -> web.StreamResponse:
+            nonlocal handled
+            handled = True
+            return await self._respond(call)
+
+        target = Target(call.nsid, self._account_names(request))
+        response = await self.faults.serve(request, target, proceed, self._fault_shape)
+        if not handled:
+            self.requests_log.append(LoggedRequest(call.nsid, response.status))
+        return response
+
+    def _account_names(self, request: web.Request) -> tuple[str, ...]:
+        """Whose session a request carries (access or refresh token), for faults aimed at one."""
+        header = request.headers.get("Authorization")
+        for refresh in (False, True):
+            try:
+                did = self._tokens.verify(header, refresh=refresh).did
+            except XrpcError:
+                continue
+            account = self._accounts.get(did)
+            return (did, account.handle) if account is not None else (did,)
+        return ()
+
+    def _fault_error(self, status: int, retry_after: float) -> web.Response:
+        """A fault's refusal as the PDS words it; a 429 carries its RateLimit headers."""
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        messages = {429: "Rate Limit Exceeded"}
+        name = _XRPC_ERRORS.get(status, "InternalServerError" if status >= 500 else phrase)
+        headers: dict[str, str] = {}
+        if status == 429:
+            reset = math.ceil(self._clock() + retry_after)
+            headers = {
+                "RateLimit-Limit": str(GLOBAL_IP.points),
+                "RateLimit-Reset": str(reset),
+                "RateLimit-Remaining": "0",
+                "RateLimit-Policy": f"{GLOBAL_IP.points};w={GLOBAL_IP.duration}",
+            }
+        return _error_response(XrpcError(status, name, messages.get(status, phrase), headers))
+
+    async def _respond(self, call: _Call) -> web.StreamResponse:
         try:
             response = await self._answer(call)
         except XrpcError as error:
@@ -365,7 +434,13 @@ class BlueskySandbox:
         return await endpoint[1](call)
 
     async def _subscribe(self, call: _Call) -> web.StreamResponse:
-        """The firehose: interceptors may still answer (a refused upgrade) before it streams."""
+        """The firehose: faults and interceptors may still answer (a refused upgrade) first."""
+        refused = self.faults.refused_stream()
+        if refused is not None:
+            status = refused.status or 503
+            response = self._fault_error(status, 1.0)
+            self.requests_log.append(LoggedRequest(call.nsid, status))
+            return response
         for interceptor in self.interceptors:
             early = await interceptor(call.request, call.nsid)
             if early is not None:

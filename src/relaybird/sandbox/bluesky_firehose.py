@@ -9,7 +9,8 @@ then the events still inside the window.
 
 Unlike the PDS, which batches when idle, events go out as soon as they are written: the same frames,
 sooner. Stopping the server drops the connections without a close frame, as the PDS's shutdown does,
-so that clients reconnect rather than treat it as the end of the stream.
+so that clients reconnect rather than treat it as the end of the stream. The sandbox's `Faults` can
+stall every subscription (no frames, no pongs) or cut it, now or after some events.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from aiohttp import WSCloseCode, web
 
 from relaybird.sandbox.bluesky_ipld import MAX_SAFE_INTEGER, Link, encode_dag_cbor
 from relaybird.sandbox.bluesky_repo import Commit, car_file
+from relaybird.sandbox.faults import Faults, cut_transport, read_socket
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +82,15 @@ class Firehose:
     """The sequencer and the subscriptions of one sandbox: `seq` is shared by all its accounts."""
 
     def __init__(
-        self, clock: Callable[[], float], *, backfill_window: float = BACKFILL_WINDOW
+        self,
+        clock: Callable[[], float],
+        *,
+        backfill_window: float = BACKFILL_WINDOW,
+        faults: Faults | None = None,
     ) -> None:
         self._clock = clock
         self.backfill_window = backfill_window
+        self.faults = faults if faults is not None else Faults()
         self._events: list[FirehoseEvent] = []
         self._wakeups: set[asyncio.Event] = set()
         self._connections: set[asyncio.Transport] = set()
@@ -175,7 +182,7 @@ class Firehose:
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
         """Upgrade to WebSocket and stream from the requested cursor until either side goes."""
-        socket = web.WebSocketResponse(autoping=True)
+        socket = web.WebSocketResponse(autoping=False)
         await socket.prepare(request)
         try:
             start, outdated = self.start_point(request.query.get("cursor"))
@@ -190,12 +197,14 @@ class Firehose:
             self._connections.add(transport)
         wakeup = asyncio.Event()
         self._wakeups.add(wakeup)
+        handle = self.faults.stream_opened(lambda: cut_transport(transport))
         sender = asyncio.create_task(self._send(socket, after, outdated, wakeup))
         sender.add_done_callback(lambda task: _abort_on_failure(task, transport))
         try:
-            async for _ in socket:
-                pass  # Subscribers have nothing to say; this only notices when they leave.
+            # Subscribers have nothing to say; this answers their pings and notices when they go.
+            await read_socket(socket, self.faults)
         finally:
+            self.faults.stream_closed(handle)
             self._wakeups.discard(wakeup)
             if transport is not None:
                 self._connections.discard(transport)
@@ -220,8 +229,10 @@ class Firehose:
         while True:
             wakeup.clear()
             for event in self._after(last):
+                await self.faults.unstalled()
                 await socket.send_bytes(event.frame)
                 last = event.seq
+                self.faults.event_sent()
             await wakeup.wait()
 
     def drop_connections(self) -> int:

@@ -13,7 +13,8 @@ that the Jetstream client code is exercised against what a real Jetstream would 
 Deletes carry no `record` or `cid`; `identity` and `account` events pass the collection filter (they
 belong to no collection) but not the DID filter. Events are kept in memory only (`buffer_size` of
 them), and `compress`/`requireHello` are not offered: asking for compression is refused with a 400
-rather than answered with frames the client could not read.
+rather than answered with frames the client could not read. Its `faults` can refuse, stall or cut
+subscriber connections (pass the Bluesky sandbox's `faults` to share one switchboard).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from aiohttp import web
 from atproto import CAR, firehose_models, parse_subscribe_repos_message
 
 from relaybird.networks.bluesky_format import ipld_to_json
+from relaybird.sandbox.faults import Faults, cut_transport, keep_alive, read_socket
 
 log = logging.getLogger(__name__)
 
@@ -205,10 +207,16 @@ class JetstreamServer:
     """Serves `/subscribe` on 127.0.0.1 for one upstream firehose; `start()` returns its ws URL."""
 
     def __init__(
-        self, firehose_url: str, *, buffer_size: int = 100_000, ping_interval: float = 30.0
+        self,
+        firehose_url: str,
+        *,
+        buffer_size: int = 100_000,
+        ping_interval: float = 30.0,
+        faults: Faults | None = None,
     ) -> None:
         self.firehose_url = firehose_endpoint(firehose_url)
         self.ping_interval = ping_interval
+        self.faults = faults if faults is not None else Faults()
         self.url = ""
         self._buffer: collections.deque[Buffered] = collections.deque(maxlen=buffer_size)
         self._subscribers: set[Subscriber] = set()
@@ -229,6 +237,7 @@ class JetstreamServer:
         bound_port = self._runner.addresses[0][1]
         shown_host = f"[{host}]" if ":" in host else host
         self.url = f"ws://{shown_host}:{bound_port}/subscribe"
+        self.faults.bind(asyncio.get_running_loop())
         self._http = aiohttp.ClientSession()
         self._upstream = asyncio.create_task(self._follow_upstream())
         try:
@@ -331,6 +340,9 @@ class JetstreamServer:
     # subscribers
 
     async def _subscribe(self, request: web.Request) -> web.StreamResponse:
+        refused = self.faults.refused_stream()
+        if refused is not None:
+            return web.Response(status=refused.status or 503, text="service unavailable")
         query = request.query
         if query.get("compress") == "true" or "zstd" in request.headers.get("Socket-Encoding", ""):
             return web.Response(status=400, text="compression is not supported by this server")
@@ -338,9 +350,10 @@ class JetstreamServer:
             options = Options.parse(query, time.time_ns() // 1000)
         except ValueError as error:
             return web.Response(status=400, text=str(error))
-        socket = web.WebSocketResponse(heartbeat=self.ping_interval)
+        socket = web.WebSocketResponse(autoping=False)
         await socket.prepare(request)
         subscriber = Subscriber(options, socket)
+        transport = request.transport
         # No await between the snapshot and the registration: each event is in exactly one.
         replay = (
             [event for event in self._buffer if event.time_us >= options.cursor]
@@ -348,16 +361,21 @@ class JetstreamServer:
             else []
         )
         self._subscribers.add(subscriber)
-        sender = asyncio.create_task(self._send(subscriber, replay))
+        handle = self.faults.stream_opened(lambda: cut_transport(transport))
+        tasks = [
+            asyncio.create_task(self._send(subscriber, replay)),
+            asyncio.create_task(keep_alive(socket, self.ping_interval, self.faults)),
+        ]
         try:
-            async for message in socket:
-                if message.type == aiohttp.WSMsgType.ERROR:
-                    break
+            await read_socket(socket, self.faults)
         finally:
+            self.faults.stream_closed(handle)
             self._subscribers.discard(subscriber)
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         return socket
 
     async def _send(self, subscriber: Subscriber, replay: list[Buffered]) -> None:
@@ -366,12 +384,17 @@ class JetstreamServer:
         try:
             for event in replay:
                 if subscriber.options.wants(event):
-                    await subscriber.socket.send_str(event.text)
+                    await self._send_one(subscriber, event)
                     last = event.time_us
             while True:
                 event = await subscriber.queue.get()
                 if event.time_us > last:
-                    await subscriber.socket.send_str(event.text)
+                    await self._send_one(subscriber, event)
                     last = event.time_us
         except (ConnectionResetError, aiohttp.ClientError):
             await subscriber.socket.close()
+
+    async def _send_one(self, subscriber: Subscriber, event: Buffered) -> None:
+        await self.faults.unstalled()
+        await subscriber.socket.send_str(event.text)
+        self.faults.event_sent()

@@ -1,8 +1,9 @@
 """A local server that speaks Mastodon's REST and streaming API, for `relaybird demo` and tests.
 
 The unmodified Mastodon.py client works against it by base URL. Requests pass one middleware that
-logs them, gives registered hooks the first word (the place where fault injection plugs in), checks
-the access token, applies the per-token rate limit and turns refusals into Mastodon's JSON errors.
+logs them, gives registered hooks the first word, then the switchable `faults` (429s, 5xx, delays,
+resets, broken JSON, answers held back), checks the access token, applies the per-token rate limit
+and turns refusals into Mastodon's JSON errors.
 The rules about statuses and media live in `mastodon_store`, the JSON shapes in
 `mastodon_entities`, the markup in `mastodon_text` and the streams in `mastodon_streaming`.
 """
@@ -17,13 +18,15 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlencode
 
 from aiohttp import web
 from PIL import Image
 
+from relaybird.sandbox.faults import ErrorShape, Faults, Target, ceil_seconds
 from relaybird.sandbox.mastodon_entities import STATIC_IMAGES, Entities, Json
 from relaybird.sandbox.mastodon_store import (
     ApiError,
@@ -49,6 +52,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
 _ACCOUNT_KEY = web.RequestKey("account", object)
 _FALSE_VALUES = {"0", "f", "false", "off"}
+_STREAMING = "/api/v1/streaming"
+_FAULT_MESSAGES = {
+    429: "Too many requests",
+    500: "We're sorry, but something went wrong on our end.",
+    503: "The page could not be served due to a temporary server failure.",
+}
 
 
 class LoggedRequest(NamedTuple):
@@ -84,6 +93,16 @@ class RateLimiter:
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def _reset_stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _is_stream(request: web.Request) -> bool:
+    """Stream connections answer to the stream faults, not to the request faults."""
+    path = request.path.rstrip("/")
+    return path.startswith(_STREAMING) and path != _STREAMING + "/health"
 
 
 def _int(value: Any) -> str | None:
@@ -222,6 +241,8 @@ class MastodonSandbox:
         self.rate_limiter = RateLimiter(rate_limit, rate_limit_period)
         self.heartbeat_seconds = heartbeat_seconds
         self.hooks: list[RequestHook] = []
+        self.faults = Faults()
+        self._fault_shape = ErrorShape(self._fault_error, b'{"id": "1')
         self.requests_log: list[LoggedRequest] = []
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -245,6 +266,7 @@ class MastodonSandbox:
         await site.start()
         self._runner = runner
         self._loop = asyncio.get_running_loop()
+        self.faults.bind(self._loop)
         bound_port = runner.addresses[0][1]
         self.site.base_url = f"http://{host}:{bound_port}"
         log.info("Mastodon sandbox for %s listening on %s", self.site.domain, self.base_url)
@@ -256,6 +278,7 @@ class MastodonSandbox:
         The data stays: `start` again (on the same port to keep URLs) brings the server back.
         """
         self.hub.close()
+        self.faults.release()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -422,7 +445,9 @@ class MastodonSandbox:
     def _build_app(self) -> web.Application:
         largest = max(self.limits.image_size_limit, self.limits.video_size_limit)
         app = web.Application(middlewares=[self._middleware], client_max_size=largest + 2**20)
-        streams = StreamingEndpoints(self.hub, self._stream_account, self.heartbeat_seconds)
+        streams = StreamingEndpoints(
+            self.hub, self._stream_account, self.heartbeat_seconds, self.faults
+        )
         routes: list[tuple[str, str, Handler]] = [
             ("GET", "/api/v1/instance", self._instance_v1),
             ("GET", "/api/v2/instance", self._instance_v2),
@@ -477,7 +502,36 @@ class MastodonSandbox:
             answered = await hook(request)
             if answered is not None:
                 return answered
-        if not request.path.startswith("/api/") or request.path.startswith("/api/v1/streaming"):
+        if _is_stream(request):
+            return await self._guarded(request, handler)
+        return await self.faults.serve(
+            request,
+            Target(f"{request.method} {request.path}", self._account_names(request)),
+            lambda: self._authorized(request, handler),
+            self._fault_shape,
+        )
+
+    def _account_names(self, request: web.Request) -> tuple[str, ...]:
+        account = self.store.account_by_token(self._token(request) or "")
+        return (account.username,) if account is not None else ()
+
+    def _fault_error(self, status: int, retry_after: float) -> web.Response:
+        """A fault's refusal as Mastodon words it; a 429 says when to come back, as Rack does."""
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        response = _error(status, _FAULT_MESSAGES.get(status, phrase))
+        if status == 429:
+            reset = datetime.now(UTC) + timedelta(seconds=retry_after)
+            response.headers["X-RateLimit-Limit"] = str(self.rate_limiter.limit)
+            response.headers["X-RateLimit-Remaining"] = "0"
+            response.headers["X-RateLimit-Reset"] = _reset_stamp(reset)
+            response.headers["Retry-After"] = str(ceil_seconds(retry_after))
+        return response
+
+    async def _authorized(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/api/") or request.path.startswith(_STREAMING):
             return await self._guarded(request, handler)
         token = self._token(request)
         account = self.store.account_by_token(token) if token else None
@@ -494,7 +548,7 @@ class MastodonSandbox:
         if not response.prepared:
             response.headers["X-RateLimit-Limit"] = str(rate.limit)
             response.headers["X-RateLimit-Remaining"] = str(rate.remaining)
-            response.headers["X-RateLimit-Reset"] = rate.reset.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            response.headers["X-RateLimit-Reset"] = _reset_stamp(rate.reset)
         return response
 
     async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:

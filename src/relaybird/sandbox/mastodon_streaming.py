@@ -2,7 +2,8 @@
 
 Events are fanned out through a `StreamHub` to per-connection queues, so the REST handlers only say
 *who* should see an event and never touch connections. Every connection ends when the hub closes,
-which lets the sandbox stop promptly even while clients are still listening.
+which lets the sandbox stop promptly even while clients are still listening. Every connection is
+also registered with the sandbox's `Faults`, which may refuse, stall or cut it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
+
+from relaybird.sandbox.faults import Faults, cut_transport, keep_alive, read_socket
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +116,7 @@ class StreamHub:
 
 
 Authenticate = Callable[[web.Request], Awaitable[str | None]]
+_KNOWN = frozenset(status.value for status in HTTPStatus)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -121,10 +126,17 @@ def _error(status: int, message: str) -> web.Response:
 class StreamingEndpoints:
     """The aiohttp handlers of the streaming API, bound to a hub and an authenticator."""
 
-    def __init__(self, hub: StreamHub, authenticate: Authenticate, heartbeat_seconds: float):
+    def __init__(
+        self,
+        hub: StreamHub,
+        authenticate: Authenticate,
+        heartbeat_seconds: float,
+        faults: Faults | None = None,
+    ):
         self.hub = hub
         self.authenticate = authenticate
         self.heartbeat_seconds = heartbeat_seconds
+        self.faults = faults if faults is not None else Faults()
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="OK", content_type="text/plain")
@@ -141,7 +153,26 @@ class StreamingEndpoints:
         stream = request.query.get("stream")
         return await self._serve_sse(request, stream if stream in KNOWN_STREAMS else None)
 
+    def _refusal(self) -> web.Response | None:
+        refused = self.faults.refused_stream()
+        if refused is None:
+            return None
+        status = refused.status or 503
+        return _error(status, HTTPStatus(status).phrase if status in _KNOWN else "Refused")
+
+    def _register(self, request: web.Request, subscription: Subscription) -> int:
+        """Let the faults cut this connection: the socket goes, and so does its pump."""
+
+        def cut() -> None:
+            cut_transport(request.transport)
+            subscription.queue.put_nowait(None)
+
+        return self.faults.stream_opened(cut)
+
     async def _serve_sse(self, request: web.Request, stream: str | None) -> web.StreamResponse:
+        refused = self._refusal()
+        if refused is not None:
+            return refused
         account_id = await self.authenticate(request)
         if account_id is None:
             return _error(401, "The access token is invalid")
@@ -156,6 +187,7 @@ class StreamingEndpoints:
                 "X-Accel-Buffering": "no",
             }
         )
+        handle = self._register(request, subscription)
         try:
             await response.prepare(request)
             await response.write(b":)\n")
@@ -163,6 +195,7 @@ class StreamingEndpoints:
         except (ConnectionResetError, asyncio.CancelledError):
             log.debug("SSE client of account %s went away", account_id)
         finally:
+            self.faults.stream_closed(handle)
             self.hub.release(subscription)
         return response
 
@@ -173,32 +206,47 @@ class StreamingEndpoints:
                     subscription.queue.get(), timeout=self.heartbeat_seconds
                 )
             except TimeoutError:
-                await response.write(b":thump\n")
+                if not self.faults.streams_stalled:
+                    await response.write(b":thump\n")
                 continue
             if message is None:
                 return
+            await self.faults.unstalled()
             await response.write(message.sse_text().encode("utf-8"))
+            self.faults.event_sent()
 
     async def _serve_websocket(self, request: web.Request) -> web.StreamResponse:
+        refused = self._refusal()
+        if refused is not None:
+            return refused
         account_id = await self.authenticate(request)
         if account_id is None:
             return _error(401, "The access token is invalid")
-        socket = web.WebSocketResponse(heartbeat=self.heartbeat_seconds)
+        socket = web.WebSocketResponse(autoping=False)
         await socket.prepare(request)
         subscription = self.hub.open(account_id)
+        handle = self._register(request, subscription)
         initial = request.query.get("stream")
         if initial:
             await self._change_subscription(socket, subscription, "subscribe", initial)
-        writer = asyncio.create_task(self._pump_websocket(socket, subscription))
+        tasks = [
+            asyncio.create_task(self._pump_websocket(socket, subscription)),
+            asyncio.create_task(keep_alive(socket, self.heartbeat_seconds, self.faults)),
+        ]
+
+        async def on_text(data: str) -> None:
+            await self._handle_command(socket, subscription, data)
+
         try:
-            async for message in socket:
-                if message.type is WSMsgType.TEXT:
-                    await self._handle_command(socket, subscription, message.data)
+            await read_socket(socket, self.faults, on_text)
         finally:
+            self.faults.stream_closed(handle)
             self.hub.release(subscription)
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         return socket
 
     async def _pump_websocket(
@@ -209,10 +257,12 @@ class StreamingEndpoints:
             if message is None:
                 await socket.close()
                 return
+            await self.faults.unstalled()
             try:
                 await socket.send_str(message.websocket_text())
             except ConnectionResetError:
                 return
+            self.faults.event_sent()
 
     async def _handle_command(
         self, socket: web.WebSocketResponse, subscription: Subscription, raw: str

@@ -17,7 +17,9 @@ and ``telegram_state`` for what is stored.
 
 Every request passes through ``hooks`` after it is authenticated and parsed and before it is
 answered: a hook may return its own response (a 429, a 500, a delay, broken JSON) and so stands
-in for a fault injector without the handlers knowing.
+in for a fault injector without the handlers knowing. Before all that, the switchable ``faults``
+may answer in the server's place (429 with ``retry_after``, 5xx, delays, resets, broken JSON,
+answers held back after the call took effect), matched by method name and bot.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, NamedTuple
 
 from aiohttp import BodyPartReader, web
 
+from relaybird.sandbox.faults import ErrorShape, Faults, Target, ceil_seconds
 from relaybird.sandbox.telegram_methods import (
     MB,
     ApiError,
@@ -90,6 +94,23 @@ class ApiCall:
 RequestHook = Callable[[ApiCall], Awaitable[web.StreamResponse | None]]
 
 
+def fault_error(status: int, retry_after: float) -> web.Response:
+    """A fault's refusal in the Bot API's envelope; a 429 names whole seconds to wait."""
+    if status == 429:
+        seconds = ceil_seconds(retry_after)
+        return _failure(
+            ApiError(429, f"Too Many Requests: retry after {seconds}", {"retry_after": seconds})
+        )
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    return _failure(ApiError(status, phrase))
+
+
+FAULT_SHAPE = ErrorShape(fault_error, b'{"ok":true,"result":{"message_id":1')
+
+
 def _envelope(result: Any) -> web.Response:
     return web.json_response({"ok": True, "result": result})
 
@@ -139,6 +160,7 @@ class TelegramSandbox:
         )
         self.methods = BotMethods(self.world, self.limits, self.limiter)
         self.hooks: list[RequestHook] = list(hooks)
+        self.faults = Faults()
         self.requests_log: list[LoggedRequest] = []
         self.root_url = ""
         self._runner: web.AppRunner | None = None
@@ -158,12 +180,14 @@ class TelegramSandbox:
         await site.start()
         bound_port = self._runner.addresses[0][1]
         self._closing = False
+        self.faults.bind(asyncio.get_running_loop())
         self.root_url = f"http://{host}:{bound_port}"
         return self.root_url
 
     async def stop(self) -> None:
         """Release waiting long polls and shut the server down."""
         self._closing = True
+        self.faults.release()
         for queue in self.world.updates.values():
             queue.wake()
         if self._runner is not None:
@@ -329,6 +353,22 @@ class TelegramSandbox:
     async def _handle_api(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
         bot = self.world.bots_by_token.get(request.match_info["token"])
+        accounts = (bot.username, str(bot.id)) if bot is not None else ()
+        handled = False
+
+        async def proceed() -> web.StreamResponse:
+            nonlocal handled
+            handled = True
+            return await self._answer_api(request, method, bot)
+
+        answer = await self.faults.serve(request, Target(method, accounts), proceed, FAULT_SHAPE)
+        if not handled:
+            self._log(method, answer.status)
+        return answer
+
+    async def _answer_api(
+        self, request: web.Request, method: str, bot: SandboxBot | None
+    ) -> web.StreamResponse:
         try:
             if bot is None:
                 raise ApiError(401, "Unauthorized")
