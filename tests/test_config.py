@@ -18,12 +18,15 @@ from rich.console import Console
 
 from relaybird.config import (
     BlueskyAccount,
+    BlueskyRateLimit,
     Config,
     ConfigError,
     GlobalSettings,
     MastodonAccount,
+    MastodonRateLimit,
     Route,
     TelegramAccount,
+    TelegramRateLimit,
     describe,
     load_config,
     route_settings,
@@ -172,11 +175,15 @@ def test_example_config_names_every_missing_variable() -> None:
 def test_example_config_documents_every_key() -> None:
     text = (ROOT / "config.example.toml").read_text(encoding="utf-8")
     keys = set(re.findall(r"^([a-z_]+) =", text, re.MULTILINE))
+    keys |= set(re.findall(r"^\[[A-Za-z0-9_.]+\.([a-z_]+)\]$", text, re.MULTILINE))
     models: list[type[BaseModel]] = [
         GlobalSettings,
         MastodonAccount,
         BlueskyAccount,
         TelegramAccount,
+        MastodonRateLimit,
+        BlueskyRateLimit,
+        TelegramRateLimit,
         Route,
     ]
     documented = {
@@ -729,3 +736,24 @@ def test_describe_lists_accounts_and_routes_without_secrets() -> None:
 def test_describe_prints_names_literally(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL.replace('name = "mirror"', 'name = "[bold]mirror[/bold]"'))
     assert "[bold]mirror[/bold]" in render(describe(load_config(path, ENV)))
+
+
+def test_rate_limits_and_retention_are_loaded_over_the_network_defaults() -> None:
+    config = load_config(CONFIGS / "good" / "rate_limits_and_retention.toml", ENV)
+    assert (config.relaybird.retention_days, config.relaybird.mapping_retention_days) == (14, 365)
+    assert config.relaybird.retention_seconds() == (14 * 86400.0, 365 * 86400.0)
+    limits = config.accounts["news_tg"].rate_limit
+    assert (limits.posts_per_hour, limits.post_burst, limits.calls_per_minute) == (120, 4, 30.5)
+    # Keys left out keep the network's defaults.
+    assert limits.deletes_per_hour == TelegramRateLimit().deletes_per_hour
+    assert config.accounts["news_masto"].rate_limit == MastodonRateLimit()
+
+
+def test_retention_defaults_to_90_days_and_mappings_kept_for_good() -> None:
+    config = load_config(CONFIGS / "good" / "minimal.toml", ENV)
+    assert config.relaybird.retention_seconds() == (90 * 86400.0, None)
+
+
+def test_secret_values_lists_every_credential_for_log_masking() -> None:
+    config = load_config(ROOT / "config.example.toml", SECRETS)
+    assert config.secret_values() == set(SECRETS.values())

@@ -48,7 +48,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     setup_logging(
-        args.log_level or config.relaybird.log_level, args.log_format or config.relaybird.log_format
+        args.log_level or config.relaybird.log_level,
+        args.log_format or config.relaybird.log_format,
+        secrets=config.secret_values(),
     )
     return asyncio.run(run_daemon(config))
 
@@ -106,22 +108,35 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    """Re-queue dead letters; a running daemon picks them up within seconds."""
     from relaybird.store import Store
 
-    err = Console(stderr=True)
+    out, err = Console(), Console(stderr=True)
     config = _load(args.config, err)
     if config is None:
         return EXIT_CONFIG
-    if not args.all and args.id is None:
-        err.print("say which delivery to retry (an id from `relaybird status`) or --all")
+    if args.all == (args.id is not None):
+        err.print("say which delivery to retry (an id from `relaybird status`) or --all, not both")
         return EXIT_CONFIG
-    store = Store(config.state_path())
+    path = config.state_path()
+    if not path.exists():
+        err.print(f"no state at {path}: the daemon has not run with this config", highlight=False)
+        return EXIT_RUNTIME
+    store = Store(path)
     try:
         count = store.requeue(None if args.all else args.id)
+        found = store.find(args.id) if not count and args.id is not None else None
+        state = found.state if found else None
     finally:
         store.close()
-    Console().print(f"re-queued {count} dead-lettered deliver{'y' if count == 1 else 'ies'}")
-    return 0 if count or args.all else EXIT_RUNTIME
+    if args.id is not None and not count:
+        if state is None:
+            err.print(f"there is no delivery {args.id}; `relaybird status` lists the failed ones")
+        else:
+            err.print(f"delivery {args.id} is not dead-lettered (it is {state}); nothing to do")
+        return EXIT_RUNTIME
+    out.print(f"re-queued {count} dead-lettered deliver{'y' if count == 1 else 'ies'}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

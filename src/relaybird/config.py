@@ -34,6 +34,8 @@ from pydantic import (
     SecretStr,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic.fields import FieldInfo
@@ -41,6 +43,8 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
+
+from relaybird.ratelimit import Limits, Rate
 
 NETWORKS = ("bluesky", "mastodon", "telegram")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
@@ -304,6 +308,24 @@ def _check_template(value: str) -> str:
     return value
 
 
+def _check_rate(value: float) -> float:
+    if not 0 < value < float("inf"):
+        raise _fail("must be a number above 0 (how many per hour or per minute, as named)")
+    return value
+
+
+def _check_burst(value: int) -> int:
+    if value < 1:
+        raise _fail("must be a whole number of at least 1 (how many may go back to back)")
+    return value
+
+
+def _check_days(value: int) -> int:
+    if value < 0:
+        raise _fail("must be a whole number of days, 0 or more (0 keeps everything)")
+    return value
+
+
 AccountName = Annotated[str, AfterValidator(_check_name)]
 NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 BaseUrl = Annotated[str, AfterValidator(_check_base_url)]
@@ -311,6 +333,9 @@ Secret = Annotated[SecretStr, Field(min_length=1)]
 Tag = Annotated[str, AfterValidator(_check_tag)]
 Language = Annotated[str, AfterValidator(_check_language)]
 Pattern = Annotated[str, AfterValidator(_check_regex)]
+PerPeriod = Annotated[float, AfterValidator(_check_rate)]
+Burst = Annotated[int, AfterValidator(_check_burst)]
+Days = Annotated[int, AfterValidator(_check_days)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -341,9 +366,99 @@ class GlobalSettings(Section):
         default="text", examples=["text"]
     )
 
+    retention_days: Days = Field(default=90, examples=[90])
+    mapping_retention_days: Days = Field(default=0, examples=[0])
+
+    @field_validator("mapping_retention_days")
+    @classmethod
+    def _mappings_outlive_deliveries(cls, value: int, info: ValidationInfo) -> int:
+        """A mapping's delivery and parts are kept as long as the mapping: it cannot go first."""
+        retention = info.data.get("retention_days")
+        if value and isinstance(retention, int) and (retention == 0 or value < retention):
+            raise _fail(
+                "must be 0 (keep mappings for good) or at least retention_days: a copy must stay"
+                " known for as long as its delivery is kept"
+            )
+        return value
+
+    def retention_seconds(self) -> tuple[float | None, float | None]:
+        """(finished deliveries and seen events, mappings) as ages in seconds; None keeps them."""
+        day = 86400.0
+        return (
+            self.retention_days * day if self.retention_days else None,
+            self.mapping_retention_days * day if self.mapping_retention_days else None,
+        )
+
     def listen_address(self) -> tuple[str, int] | None:
         """Where the health endpoint binds, or None when `listen` is empty (endpoint disabled)."""
         return parse_listen(self.listen) if self.listen else None
+
+
+class RateLimit(Section):
+    """How fast relaybird lets itself call a network as this account; each network's table below
+    holds defaults under that network's documented limits (burst + rate x window < limit)."""
+
+    #: Each attachment is a message of its own on this network, so it counts as a post too.
+    media_are_posts: ClassVar[bool] = False
+
+    posts_per_hour: PerPeriod
+    post_burst: Burst
+    uploads_per_hour: PerPeriod
+    upload_burst: Burst
+    deletes_per_hour: PerPeriod
+    delete_burst: Burst
+    calls_per_minute: PerPeriod
+    call_burst: Burst
+
+    def limits(self) -> Limits:
+        return Limits(
+            posts=Rate.per_hour(self.posts_per_hour, self.post_burst),
+            uploads=Rate.per_hour(self.uploads_per_hour, self.upload_burst),
+            deletes=Rate.per_hour(self.deletes_per_hour, self.delete_burst),
+            calls=Rate.per_minute(self.calls_per_minute, self.call_burst),
+            media_are_posts=self.media_are_posts,
+        )
+
+
+class MastodonRateLimit(RateLimit):
+    """300 statuses / 3 h, 30 media uploads and 30 deletes / 30 min, 300 calls / 5 min."""
+
+    posts_per_hour: PerPeriod = Field(default=80.0, examples=[80])
+    post_burst: Burst = Field(default=30, examples=[30])
+    uploads_per_hour: PerPeriod = Field(default=40.0, examples=[40])
+    upload_burst: Burst = Field(default=8, examples=[8])
+    deletes_per_hour: PerPeriod = Field(default=40.0, examples=[40])
+    delete_burst: Burst = Field(default=8, examples=[8])
+    calls_per_minute: PerPeriod = Field(default=40.0, examples=[40])
+    call_burst: Burst = Field(default=40, examples=[40])
+
+
+class BlueskyRateLimit(RateLimit):
+    """Writes cost points (create 3, delete 1): 5,000 / hour and 35,000 / day; 3,000 calls / 5 min."""
+
+    posts_per_hour: PerPeriod = Field(default=350.0, examples=[350])
+    post_burst: Burst = Field(default=1000, examples=[1000])
+    uploads_per_hour: PerPeriod = Field(default=35.0, examples=[35])
+    upload_burst: Burst = Field(default=40, examples=[40])
+    deletes_per_hour: PerPeriod = Field(default=200.0, examples=[200])
+    delete_burst: Burst = Field(default=50, examples=[50])
+    calls_per_minute: PerPeriod = Field(default=300.0, examples=[300])
+    call_burst: Burst = Field(default=300, examples=[300])
+
+
+class TelegramRateLimit(RateLimit):
+    """About 1 message / s per chat and 20 / min per group; each photo of an album is a message."""
+
+    media_are_posts: ClassVar[bool] = True
+
+    posts_per_hour: PerPeriod = Field(default=600.0, examples=[600])
+    post_burst: Burst = Field(default=8, examples=[8])
+    uploads_per_hour: PerPeriod = Field(default=600.0, examples=[600])
+    upload_burst: Burst = Field(default=10, examples=[10])
+    deletes_per_hour: PerPeriod = Field(default=600.0, examples=[600])
+    delete_burst: Burst = Field(default=8, examples=[8])
+    calls_per_minute: PerPeriod = Field(default=60.0, examples=[60])
+    call_burst: Burst = Field(default=3, examples=[3])
 
 
 class AccountBase(Section):
@@ -364,6 +479,7 @@ class MastodonAccount(AccountBase):
     network: Literal["mastodon"]
     base_url: BaseUrl = Field(examples=["https://mastodon.example"])
     access_token: Secret = Field(examples=["${MASTODON_TOKEN}"])
+    rate_limit: MastodonRateLimit = MastodonRateLimit()
 
 
 class BlueskyAccount(AccountBase):
@@ -383,6 +499,7 @@ class BlueskyAccount(AccountBase):
     poll_interval: Annotated[int, AfterValidator(_check_poll_interval)] = Field(
         default=60, examples=[60]
     )
+    rate_limit: BlueskyRateLimit = BlueskyRateLimit()
 
     def identity(self) -> str:
         return self.handle
@@ -398,6 +515,7 @@ class TelegramAccount(AccountBase):
     poll_timeout: Annotated[int, AfterValidator(_check_poll_timeout)] = Field(
         default=30, examples=[30]
     )
+    rate_limit: TelegramRateLimit = TelegramRateLimit()
 
     def identity(self) -> str:
         return str(self.chat)
@@ -500,6 +618,15 @@ class Config(Section):
         if problems:
             raise _CrossCheckFailed(problems)
         return self
+
+    def secret_values(self) -> set[str]:
+        """Every password and token the accounts hold, so that logs can mask them."""
+        return {
+            value.get_secret_value()
+            for account in self.accounts.values()
+            for value in vars(account).values()
+            if isinstance(value, SecretStr) and value.get_secret_value()
+        }
 
     def state_path(self) -> Path:
         """The SQLite file; a relative `state` is relative to the config file, not to the cwd."""

@@ -81,6 +81,16 @@ def apply_content_warning(post: Post, caps: Capabilities) -> Post:
     return replace(post, text=prefix + post.text, spans=spans)
 
 
+def fingerprint(text: str) -> str:
+    """What survives every network's rendering of a text: its letters and digits, lower-cased.
+
+    Networks rewrite links, mentions, whitespace and markup on the way in and out, so only this
+    core is compared; short texts give no fingerprint, because they are too easily alike.
+    """
+    core = "".join(char for char in text.casefold() if char.isalnum())
+    return core[:120] if len(core) >= 12 else ""
+
+
 def extract_content_warning(post: Post) -> Post:
     """Read back the `CW: …` form that `apply_content_warning` writes, so round trips keep the field."""
     if post.content_warning or not post.text.startswith("CW: "):

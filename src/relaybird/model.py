@@ -164,7 +164,9 @@ class Event:
 
     `cursor` is what the inbound adapter will store once the event is safely in the outbox, so that a
     restart resumes right after it. `version` tells successive edits of one post apart (the edit's
-    timestamp), so that each edit is relayed once and a repeated one is not.
+    timestamp), so that each edit is relayed once and a repeated one is not. `scope` names which of
+    the account's streams the cursor belongs to ("" for its posts, "mentions" for its notifications),
+    so that two streams of one account never overwrite each other's position.
     """
 
     kind: EventKind
@@ -172,6 +174,7 @@ class Event:
     post: Post
     cursor: str | None = None
     version: str = ""
+    scope: str = ""
 
 
 @dataclass(frozen=True)

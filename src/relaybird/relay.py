@@ -1,28 +1,40 @@
 """The daemon: owns adapters, listeners and workers, from start-up to a clean shutdown.
 
 The relay is also the `EventSink` the inbound adapters feed: it drops echoes of our own copies, asks
-the router, and writes the decision to the outbox in one transaction before any worker sees it.
+the router, and writes the decision to the outbox in one transaction before any worker sees it. When
+that write fails (disk full), nothing is kept, the cursor included, and the listener is told with a
+`StoreUnavailable`, a temporary error: the event comes again once the stream catches up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from relaybird import router
 from relaybird.config import Config
-from relaybird.fitting import extract_content_warning
+from relaybird.fitting import extract_content_warning, fingerprint
+from relaybird.metrics import Metrics
 from relaybird.model import Event, EventKind, TargetRef
-from relaybird.networks.base import Network
+from relaybird.networks.base import DeliveryError, Network, PermanentError
 from relaybird.networks.registry import build_network
-from relaybird.store import Delivery, Store
+from relaybird.ratelimit import AccountLimiter
+from relaybird.store import Delivery, Planned, Pruned, Store, StoreUnavailable
 from relaybird.worker import Worker
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 10.0
+#: How often old rows are pruned after the pass at start.
+PRUNE_INTERVAL_SECONDS = 3600.0
+#: First pause before logging in again when a network could not be reached at start; it doubles.
+OPEN_RETRY_SECONDS = 2.0
+MAX_OPEN_RETRY_SECONDS = 300.0
 
 
 @dataclass
@@ -31,6 +43,9 @@ class AccountHealth:
     role: str
     connected: bool = False
     detail: str = "starting"
+    #: Whether the stream was up at least once: a later "up" is a reconnect.
+    was_connected: bool = False
+    since: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -42,7 +57,14 @@ class Relay:
     health: dict[str, AccountHealth] = field(default_factory=dict)
     workers: dict[str, Worker] = field(default_factory=dict)
     writing: dict[str, asyncio.Lock] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
+    limiters: dict[str, AccountLimiter] = field(default_factory=dict)
+    #: Why the state database last refused a write; empty while it works.
+    store_error: str = ""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.metrics.watch_queues(self.store.queue_depth)
 
     def sources(self) -> set[str]:
         return {name for route in self.config.routes for name in route.sources}
@@ -57,13 +79,38 @@ class Relay:
 
         A network may stream our copy before the call that created it has returned, so an event
         of an account waits while that account's worker is between "posted" and "recorded".
+        Raises `StoreUnavailable` when the decision could not be written.
         """
+        self.metrics.events.labels(event.account, event.kind.value).inc()
         lock = self.writing.get(event.account)
-        if lock is None:
-            self._accept(event)
-            return
-        async with lock:
-            self._accept(event)
+        try:
+            if lock is None:
+                self._accept(event)
+            else:
+                async with lock:
+                    self._accept(event)
+        except sqlite3.Error as error:
+            raise self._store_failed("accept", error, event) from error
+        self._store_recovered()
+
+    def _store_failed(
+        self, operation: str, error: sqlite3.Error, event: Event | None = None
+    ) -> StoreUnavailable:
+        self.metrics.store_errors.labels(operation).inc()
+        self.store_error = f"{type(error).__name__}: {error}"
+        where = f" {event.kind.value} {event.account}:{event.post.id}" if event else ""
+        log.error(
+            "the state database refused%s (%s); it will come again from the network",
+            where,
+            error,
+            extra={"source_account": event.account, "source_id": event.post.id} if event else {},
+        )
+        return StoreUnavailable(f"the state database refused the write: {error}")
+
+    def _store_recovered(self) -> None:
+        if self.store_error:
+            log.info("the state database accepts writes again")
+            self.store_error = ""
 
     def _accept(self, event: Event) -> None:
         network = self.networks.get(event.account)
@@ -72,9 +119,14 @@ class Relay:
         post = event.post
         changes = event.kind in (EventKind.EDIT, EventKind.DELETE)
         if changes and not self.store.was_relayed(event.account, post.id):
-            log.debug("%s %s:%s ignored: never relayed", event.kind.value, event.account, post.id)
+            self._skipped(event, "never_relayed", "the original was never relayed")
+            if event.cursor is not None:
+                self.store.set_cursor(event.account, event.cursor)
             return
         echo = None
+        if not changes and self.store.echo_origin(event.account, post.id) is None:
+            shown = f"CW: {post.content_warning} {post.text}" if post.content_warning else post.text
+            self.store.claim_unconfirmed(event.account, post.id, fingerprint(shown))
         origin = self.store.echo_origin(event.account, post.id)
         if origin is not None:
             holders = frozenset(self.store.holders(*origin))
@@ -82,40 +134,96 @@ class Relay:
         decision = router.plan(event, self.config.routes, echo)
         ids = self.store.accept(event, decision.planned)
         if decision.planned and ids:
-            for plan in decision.planned:
-                log.info(
-                    "route=%s %s %s:%s -> %s queued",
-                    plan.route,
-                    event.kind.value,
-                    event.account,
-                    post.id,
-                    plan.target_account,
-                )
-                worker = self.workers.get(plan.target_account)
-                if worker is not None:
-                    worker.wake.set()
-        elif not decision.planned:
+            self._queued(event, decision.planned)
+        elif decision.planned:
+            self._skipped(event, "duplicate", "already seen")
+        else:
+            self._skipped(event, self._skip_class(event, echo), decision.reason)
+
+    def _queued(self, event: Event, planned: list[Planned]) -> None:
+        for plan in planned:
             log.info(
-                "%s %s:%s skipped: %s", event.kind.value, event.account, post.id, decision.reason
+                "route=%s %s %s:%s -> %s queued",
+                plan.route,
+                event.kind.value,
+                event.account,
+                event.post.id,
+                plan.target_account,
+                extra={
+                    "route": plan.route,
+                    "kind": event.kind.value,
+                    "source_account": event.account,
+                    "source_id": event.post.id,
+                    "target_account": plan.target_account,
+                    "decision": "queued",
+                },
             )
+            worker = self.workers.get(plan.target_account)
+            if worker is not None:
+                worker.wake.set()
+
+    def _skip_class(self, event: Event, echo: router.Echo | None) -> str:
+        if not any(event.account in route.sources for route in self.config.routes):
+            return "no_route"
+        return "echo" if echo is not None else "filtered"
+
+    def _skipped(self, event: Event, reason_class: str, reason: str) -> None:
+        self.metrics.events_skipped.labels(event.account, reason_class).inc()
+        log.info(
+            "%s %s:%s skipped (%s): %s",
+            event.kind.value,
+            event.account,
+            event.post.id,
+            reason_class,
+            reason,
+            extra={
+                "kind": event.kind.value,
+                "source_account": event.account,
+                "source_id": event.post.id,
+                "decision": "skipped",
+                "reason_class": reason_class,
+                "reason": reason,
+            },
+        )
 
     def save_cursor(self, account: str, cursor: str) -> None:
-        self.store.set_cursor(account, cursor)
+        try:
+            self.store.set_cursor(account, cursor)
+        except sqlite3.Error as error:
+            raise self._store_failed("cursor", error) from error
 
     def set_connected(self, account: str, connected: bool, detail: str = "") -> None:
         health = self.health.get(account)
-        if health is not None:
-            if health.connected != connected:
-                log.info("%s stream %s %s", account, "up" if connected else "down", detail)
-            health.connected = connected
-            health.detail = detail
+        if health is None:
+            return
+        if health.connected != connected:
+            log.info(
+                "%s stream %s %s",
+                account,
+                "up" if connected else "down",
+                detail,
+                extra={"account": account, "connected": connected, "detail": detail},
+            )
+            health.since = time.time()
+            if connected and health.was_connected:
+                self.metrics.reconnects.labels(account).inc()
+        health.was_connected = health.was_connected or connected
+        health.connected = connected
+        health.detail = detail
+        self.metrics.connected.labels(account).set(1 if connected else 0)
 
     def healthy(self) -> bool:
-        return all(h.connected for h in self.health.values())
+        return not self.store_error and all(h.connected for h in self.health.values())
 
     # lifecycle
 
     async def start(self) -> None:
+        """Log every account in and start its worker and listener.
+
+        A refusal of credentials at start is the operator's to fix: it is raised. An account whose
+        network is merely unreachable is retried in the background, unhealthy meanwhile, while the
+        others start: one network having a bad day does not keep the rest from flowing.
+        """
         sources, targets = self.sources(), self.targets()
         for name, account in self.config.accounts.items():
             if name not in sources and name not in targets:
@@ -126,18 +234,109 @@ class Relay:
             if name in sources and name in targets:
                 role = "source+target"
             self.health[name] = AccountHealth(network=network.network, role=role)
-        await asyncio.gather(*(network.open() for network in self.networks.values()))
-        for name, network in self.networks.items():
-            if name in targets:
-                routes = {route.name: route for route in self.config.routes}
-                self.writing[name] = asyncio.Lock()
-                worker = Worker(network, self.store, routes, self.on_delivered, self.writing[name])
-                self.workers[name] = worker
-                self._spawn(worker.run(), f"worker:{name}")
-            if name in sources:
-                self._spawn(network.listen(self.store.cursor(name), self), f"listen:{name}")
+            self.metrics.connected.labels(name).set(0)
+        names = list(self.networks)
+        results = await asyncio.gather(
+            *(self.networks[name].open() for name in names), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, PermanentError):
+                raise result
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, Exception):
+                self._open_failed(name, result, OPEN_RETRY_SECONDS)
+                self._spawn(self._open_later(name), f"opening:{name}")
             else:
-                self.set_connected(name, True, "target only")
+                self._launch(name)
+        self._spawn(self._keep_pruning(), "housekeeping:retention")
+
+    def _open_failed(self, name: str, error: Exception, delay: float) -> None:
+        detail = (
+            f"cannot log in ({error if isinstance(error, DeliveryError) else type(error).__name__})"
+        )
+        self.set_connected(name, False, f"{detail}; retrying in {delay:.0f} s")
+        log.warning("%s: %s; retrying in %.0f s", name, detail, delay, extra={"account": name})
+
+    async def _open_later(self, name: str) -> None:
+        """Keep trying to log in with growing pauses; start the account once it works."""
+        failures = 1
+        while True:
+            delay = min(MAX_OPEN_RETRY_SECONDS, OPEN_RETRY_SECONDS * 2 ** (failures - 1))
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            try:
+                await self.networks[name].open()
+            except Exception as error:
+                failures += 1
+                next_delay = min(MAX_OPEN_RETRY_SECONDS, OPEN_RETRY_SECONDS * 2 ** (failures - 1))
+                self._open_failed(name, error, next_delay)
+                continue
+            log.info("%s: logged in", name, extra={"account": name})
+            self._launch(name)
+            return
+
+    def _launch(self, name: str) -> None:
+        network = self.networks[name]
+        if name in self.targets():
+            routes = {route.name: route for route in self.config.routes}
+            limits = self.config.accounts[name].rate_limit.limits()
+            self.limiters[name] = AccountLimiter(name, limits)
+            self.writing[name] = asyncio.Lock()
+            worker = Worker(
+                network,
+                self.store,
+                routes,
+                self.on_delivered,
+                self.writing[name],
+                limiter=self.limiters[name],
+                metrics=self.metrics,
+            )
+            self.workers[name] = worker
+            self._spawn(worker.run(), f"worker:{name}")
+        if name in self.sources():
+            self._spawn(network.listen(self.store.cursor(name), self), f"listen:{name}")
+        else:
+            self.set_connected(name, True, "target only")
+
+    # retention
+
+    def prune(self, now: float | None = None) -> Pruned:
+        """Remove what the retention settings no longer keep, in small transactions."""
+        finished_age, mapping_age = self.config.relaybird.retention_seconds()
+        now = time.time() if now is None else now
+        finished_before = None if finished_age is None else now - finished_age
+        mapped_before = None if mapping_age is None else now - mapping_age
+        total = Pruned()
+        while True:
+            batch = self.store.prune(finished_before, mapped_before)
+            total.add(batch)
+            if not batch.total():
+                break
+        for kind, count in vars(total).items():
+            if count:
+                self.metrics.pruned.labels(kind).inc(count)
+        return total
+
+    async def _keep_pruning(self) -> None:
+        """Prune at start and then periodically; a failing database only delays the next pass."""
+        while True:
+            try:
+                pruned = self.prune()
+                if pruned.total():
+                    log.info(
+                        "retention: pruned %d deliveries, %d mappings, %d copies, %d seen events;"
+                        " slimmed %d",
+                        pruned.deliveries,
+                        pruned.mappings,
+                        pruned.copies,
+                        pruned.seen,
+                        pruned.slimmed,
+                    )
+            except sqlite3.Error as error:
+                self.metrics.store_errors.labels("prune").inc()
+                log.error("retention: pruning failed (%s); trying again later", error)
+            await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
 
     def _spawn(self, coroutine: object, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coroutine, name=name)  # type: ignore[arg-type]
@@ -153,15 +352,36 @@ class Relay:
             account = task.get_name().split(":", 1)[1]
             self.set_connected(account, False, f"stopped: {type(error).__name__}")
 
+    async def _let_sends_finish(self) -> None:
+        """Wait (briefly) for creates already on the wire, then hold every worker before its next.
+
+        A create cut off mid-flight is in doubt afterwards, and on Telegram a doubtful send is
+        dead-lettered rather than risked twice; a clean shutdown should leave nothing in doubt.
+        """
+
+        async def hold(lock: asyncio.Lock) -> None:
+            await lock.acquire()
+
+        holds = [asyncio.create_task(hold(lock)) for lock in self.writing.values()]
+        if holds:
+            _, pending = await asyncio.wait(holds, timeout=SHUTDOWN_GRACE_SECONDS)
+            for task in pending:
+                task.cancel()
+                log.warning("a send did not finish within %.0f s of shutdown", SHUTDOWN_GRACE_SECONDS)
+
     async def stop(self) -> None:
-        listeners = [t for t in self._tasks if t.get_name().startswith("listen:")]
+        listeners = [t for t in self._tasks if not t.get_name().startswith("worker:")]
         for task in listeners:
             task.cancel()
         await asyncio.gather(*listeners, return_exceptions=True)
         workers = [t for t in self._tasks if t.get_name().startswith("worker:")]
+        await self._let_sends_finish()
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+        for lock in self.writing.values():
+            if lock.locked():
+                lock.release()
         await asyncio.gather(
             *(network.close() for network in self.networks.values()), return_exceptions=True
         )

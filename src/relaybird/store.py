@@ -3,6 +3,12 @@
 Every state change is one transaction, so a kill at any moment leaves either the old or the new state.
 The outbox row is written before any network call; the per-part key is written before the create call,
 which is what makes a retry after a crash safe on networks that honour idempotency keys.
+
+What is kept, and for how long (`prune`): finished deliveries (done, skipped, dead-lettered), their
+parts and the record of seen events go after the retention period. A mapping is what lets a later
+reply, edit or delete reach the copy, so it is kept longer (for good by default); while it is kept,
+the delivery it names and that delivery's parts stay too (only the post's content is dropped), and so
+do the copies it made, which recognise our own posts coming back as echoes.
 """
 
 from __future__ import annotations
@@ -10,11 +16,12 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from relaybird.model import Event, TargetRef
+from relaybird.networks.base import TemporaryError
 
 MIGRATIONS: list[str] = [
     """
@@ -85,9 +92,65 @@ MIGRATIONS: list[str] = [
         data TEXT NOT NULL
     );
     """,
+    """
+    ALTER TABLE copies ADD COLUMN at REAL NOT NULL DEFAULT 0;
+    UPDATE copies SET at = CAST(strftime('%s', 'now') AS REAL);
+    UPDATE deliveries SET done_at = created_at WHERE state = 'dead' AND done_at IS NULL;
+    CREATE INDEX copies_by_source ON copies (source_account, source_id);
+    CREATE INDEX deliveries_by_source ON deliveries (source_account, source_id);
+    CREATE INDEX deliveries_finished ON deliveries (state, done_at);
+    CREATE INDEX mappings_by_delivery ON mappings (delivery_id);
+    CREATE INDEX mappings_by_age ON mappings (created_at);
+    CREATE INDEX seen_by_age ON seen (at);
+    """,
+    """
+    ALTER TABLE parts ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
+    CREATE INDEX parts_unconfirmed ON parts (state) WHERE target_id IS NULL;
+    """,
 ]
 
 OPEN_STATES = ("pending", "retry")
+_NOT_WAITING_FOR_PARENT = (
+    "NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.target_account=d.target_account"
+    " AND p.source_account=d.source_account AND p.source_id=d.parent_source_id"
+    " AND p.state IN ('pending','retry','sending') AND p.id<d.id)"
+)
+FINISHED_STATES = ("done", "skipped", "dead")
+PRUNE_BATCH = 500
+
+
+def cursor_key(account: str, scope: str = "") -> str:
+    """Where one of an account's streams keeps its position ("" is its own posts)."""
+    return f"{account}#{scope}" if scope else account
+
+
+class StoreUnavailable(TemporaryError):
+    """The state database refused a write (disk full, I/O error, locked for too long).
+
+    Nothing of the failed change was kept, the cursor included: the event will come again from the
+    network once the listener reconnects and catches up, so the listener treats this as temporary.
+    """
+
+
+@dataclass
+class Pruned:
+    """Rows removed (or slimmed) by one pass of `Store.prune`."""
+
+    deliveries: int = 0
+    slimmed: int = 0
+    mappings: int = 0
+    copies: int = 0
+    seen: int = 0
+
+    def total(self) -> int:
+        return self.deliveries + self.slimmed + self.mappings + self.copies + self.seen
+
+    def add(self, other: Pruned) -> None:
+        self.deliveries += other.deliveries
+        self.slimmed += other.slimmed
+        self.mappings += other.mappings
+        self.copies += other.copies
+        self.seen += other.seen
 
 
 @dataclass(frozen=True)
@@ -156,13 +219,17 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """All of the block or none of it. A failed COMMIT (disk full) is rolled back too, and
+        SQLite may already have rolled back by itself, so the connection is always usable after."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:
+                with suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -180,23 +247,20 @@ class Store:
         return None if row is None else str(row["value"])
 
     def set_cursor(self, account: str, value: str) -> None:
-        self.db.execute(
-            "INSERT INTO cursors (account, value, updated_at) VALUES (?, ?, ?)"
-            " ON CONFLICT (account) DO UPDATE SET value=excluded.value,"
-            " updated_at=excluded.updated_at",
-            (account, value, time.time()),
-        )
+        with self.transaction() as db:
+            self._advance_cursor(db, account, value)
 
     def session(self, account: str) -> str | None:
         row = self.db.execute("SELECT data FROM sessions WHERE account=?", (account,)).fetchone()
         return None if row is None else str(row["data"])
 
     def set_session(self, account: str, data: str) -> None:
-        self.db.execute(
-            "INSERT INTO sessions (account, data) VALUES (?, ?)"
-            " ON CONFLICT (account) DO UPDATE SET data=excluded.data",
-            (account, data),
-        )
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO sessions (account, data) VALUES (?, ?)"
+                " ON CONFLICT (account) DO UPDATE SET data=excluded.data",
+                (account, data),
+            )
 
     # intake
 
@@ -206,6 +270,32 @@ class Store:
             "SELECT 1 FROM copies WHERE target_account=? AND target_id=?", (account, post_id)
         ).fetchone()
         return row is not None
+
+    def claim_unconfirmed(self, account: str, post_id: str, fingerprint: str) -> bool:
+        """Recognise a post on `account` as one of our creates whose answer was lost.
+
+        A create can land while its answer never arrives (a reset, a crash); the copy may then show
+        up on the account's stream before the retry records it. It is ours when its record key is
+        the key we chose (Bluesky), or, as a last guard, when its text has the fingerprint of a part
+        we attempted and have not confirmed. It is then recorded as a copy, so it is never relayed.
+        """
+        key = post_id.rsplit("/", 1)[-1]
+        rows = self.db.execute(
+            "SELECT p.key, p.fingerprint, d.source_account, d.source_id FROM parts p"
+            " JOIN deliveries d ON d.id = p.delivery_id"
+            " WHERE p.target_id IS NULL AND d.target_account=?",
+            (account,),
+        ).fetchall()
+        for row in rows:
+            if row["key"] == key or (fingerprint and row["fingerprint"] == fingerprint):
+                with self.transaction() as db:
+                    db.execute(
+                        "INSERT OR IGNORE INTO copies (target_account, target_id, source_account,"
+                        " source_id, at) VALUES (?, ?, ?, ?, ?)",
+                        (account, post_id, row["source_account"], row["source_id"], time.time()),
+                    )
+                return True
+        return False
 
     def accept(self, event: Event, planned: list[Planned]) -> list[int]:
         """Record an event and its deliveries atomically; an event seen before creates nothing."""
@@ -240,7 +330,7 @@ class Store:
                     if cur.rowcount and cur.lastrowid is not None:
                         ids.append(cur.lastrowid)
             if event.cursor is not None:
-                self._advance_cursor(db, event.account, event.cursor)
+                self._advance_cursor(db, cursor_key(event.account, event.scope), event.cursor)
         return ids
 
     def _advance_cursor(self, db: sqlite3.Connection, account: str, value: str) -> None:
@@ -261,26 +351,31 @@ class Store:
         """
         row = self.db.execute(
             "SELECT d.* FROM deliveries d WHERE d.target_account=? AND d.state IN ('pending','retry')"
-            " AND d.next_at<=? AND NOT EXISTS (SELECT 1 FROM deliveries p"
-            "  WHERE p.target_account=d.target_account AND p.source_account=d.source_account"
-            "  AND p.source_id=d.parent_source_id AND p.state IN ('pending','retry','sending')"
-            "  AND p.id<d.id)"
-            " ORDER BY d.id LIMIT 1",
+            f" AND d.next_at<=? AND {_NOT_WAITING_FOR_PARENT} ORDER BY d.id LIMIT 1",
             (target_account, now),
         ).fetchone()
         return None if row is None else Delivery(**dict(row))
 
     def next_wakeup(self, target_account: str) -> float | None:
+        """When the next delivery becomes ready. A reply waiting for its parent does not count:
+        it becomes ready when the parent is done, not at a time, and would make an idle worker
+        poll in a loop while its parent backs off."""
         row = self.db.execute(
-            "SELECT MIN(next_at) AS at FROM deliveries WHERE target_account=?"
-            " AND state IN ('pending','retry')",
+            "SELECT MIN(d.next_at) AS at FROM deliveries d WHERE d.target_account=?"
+            f" AND d.state IN ('pending','retry') AND {_NOT_WAITING_FOR_PARENT}",
             (target_account,),
         ).fetchone()
         return None if row["at"] is None else float(row["at"])
 
     def delivery(self, delivery_id: int) -> Delivery:
+        found = self.find(delivery_id)
+        if found is None:
+            raise KeyError(delivery_id)
+        return found
+
+    def find(self, delivery_id: int) -> Delivery | None:
         row = self.db.execute("SELECT * FROM deliveries WHERE id=?", (delivery_id,)).fetchone()
-        return Delivery(**dict(row))
+        return None if row is None else Delivery(**dict(row))
 
     def deliveries(self, state: str | None = None) -> list[Delivery]:
         if state is None:
@@ -308,13 +403,18 @@ class Store:
             for row in rows
         ]
 
-    def begin_part(self, delivery_id: int, idx: int, key: str) -> None:
-        """Mark a create as started, with its key, before the network call is made."""
+    def begin_part(self, delivery_id: int, idx: int, key: str, fingerprint: str = "") -> None:
+        """Mark a create as started, with its key, before the network call is made.
+
+        The fingerprint of what is sent lets an echo be recognised even when the network's answer
+        never came back (see `claim_unconfirmed`).
+        """
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO parts (delivery_id, idx, key, state) VALUES (?, ?, ?, 'sending')"
+                "INSERT INTO parts (delivery_id, idx, key, state, fingerprint)"
+                " VALUES (?, ?, ?, 'sending', ?)"
                 " ON CONFLICT (delivery_id, idx) DO UPDATE SET state='sending'",
-                (delivery_id, idx, key),
+                (delivery_id, idx, key, fingerprint),
             )
             db.execute("UPDATE deliveries SET state='sending' WHERE id=?", (delivery_id,))
 
@@ -326,9 +426,15 @@ class Store:
                 (ref.id, ref.cid, ref.url, delivery.id, idx),
             )
             db.execute(
-                "INSERT OR IGNORE INTO copies (target_account, target_id, source_account, source_id)"
-                " VALUES (?, ?, ?, ?)",
-                (delivery.target_account, ref.id, delivery.source_account, delivery.source_id),
+                "INSERT OR IGNORE INTO copies (target_account, target_id, source_account,"
+                " source_id, at) VALUES (?, ?, ?, ?, ?)",
+                (
+                    delivery.target_account,
+                    ref.id,
+                    delivery.source_account,
+                    delivery.source_id,
+                    time.time(),
+                ),
             )
 
     def complete(
@@ -370,33 +476,55 @@ class Store:
         return row is not None
 
     def mark_done(self, delivery: Delivery) -> None:
-        self.db.execute(
-            "UPDATE deliveries SET state='done', done_at=?, last_error='' WHERE id=?",
-            (time.time(), delivery.id),
-        )
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE deliveries SET state='done', done_at=?, last_error='' WHERE id=?",
+                (time.time(), delivery.id),
+            )
 
     def skip(self, delivery: Delivery, reason: str) -> None:
         """Nothing to do for this delivery (e.g. an edit of a post that was never mirrored)."""
-        self.db.execute(
-            "UPDATE deliveries SET state='skipped', done_at=?, last_error=? WHERE id=?",
-            (time.time(), reason, delivery.id),
-        )
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE deliveries SET state='skipped', done_at=?, last_error=? WHERE id=?",
+                (time.time(), reason, delivery.id),
+            )
 
     def forget_mapping(self, source_account: str, source_id: str, target_account: str) -> None:
         """The copy was deleted: later replies must not answer it. Copies stay known as echoes."""
-        self.db.execute(
+        with self.transaction() as db:
+            self._forget(db, source_account, source_id, target_account)
+
+    @staticmethod
+    def _forget(
+        db: sqlite3.Connection, source_account: str, source_id: str, target_account: str
+    ) -> None:
+        db.execute(
             "DELETE FROM mappings WHERE source_account=? AND source_id=? AND target_account=?",
             (source_account, source_id, target_account),
         )
 
+    def finish_delete(self, delivery: Delivery) -> None:
+        """The copy is gone: forget its mapping and close the delete in one step, so a crash
+        between the two cannot leave a delete that later looks like it had nothing to delete."""
+        with self.transaction() as db:
+            self._forget(db, delivery.source_account, delivery.source_id, delivery.target_account)
+            db.execute(
+                "UPDATE deliveries SET state='done', done_at=?, last_error='' WHERE id=?",
+                (time.time(), delivery.id),
+            )
+
     def replace_part(self, delivery_id: int, idx: int, ref: TargetRef) -> None:
-        self.db.execute(
-            "UPDATE parts SET target_id=?, target_cid=?, target_url=? WHERE delivery_id=? AND idx=?",
-            (ref.id, ref.cid, ref.url, delivery_id, idx),
-        )
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE parts SET target_id=?, target_cid=?, target_url=?"
+                " WHERE delivery_id=? AND idx=?",
+                (ref.id, ref.cid, ref.url, delivery_id, idx),
+            )
 
     def drop_part(self, delivery_id: int, idx: int) -> None:
-        self.db.execute("DELETE FROM parts WHERE delivery_id=? AND idx=?", (delivery_id, idx))
+        with self.transaction() as db:
+            db.execute("DELETE FROM parts WHERE delivery_id=? AND idx=?", (delivery_id, idx))
 
     def echo_origin(self, account: str, post_id: str) -> tuple[str, str] | None:
         """For one of our copies, the post it was first copied from (following chains back)."""
@@ -441,30 +569,37 @@ class Store:
         return held
 
     def retry_later(self, delivery: Delivery, error: str, at: float) -> None:
-        self.db.execute(
-            "UPDATE deliveries SET state='retry', attempts=attempts+1, next_at=?, last_error=?"
-            " WHERE id=?",
-            (at, error, delivery.id),
-        )
+        """A failed attempt: counted, and tried again at `at`."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE deliveries SET state='retry', attempts=attempts+1, next_at=?, last_error=?"
+                " WHERE id=?",
+                (at, error, delivery.id),
+            )
+
+    def postpone(self, delivery: Delivery, reason: str, at: float) -> None:
+        """The network asked us to wait: not a failure of the delivery, so not counted as one."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE deliveries SET state='retry', next_at=?, last_error=? WHERE id=?",
+                (at, reason, delivery.id),
+            )
 
     def dead_letter(self, delivery: Delivery, error: str) -> None:
-        self.db.execute(
-            "UPDATE deliveries SET state='dead', attempts=attempts+1, last_error=? WHERE id=?",
-            (error, delivery.id),
-        )
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE deliveries SET state='dead', attempts=attempts+1, last_error=?, done_at=?"
+                " WHERE id=?",
+                (error, time.time(), delivery.id),
+            )
 
     def requeue(self, delivery_id: int | None = None) -> int:
         """Put dead-lettered deliveries back in the queue after the operator fixed the cause."""
-        if delivery_id is None:
-            cur = self.db.execute(
-                "UPDATE deliveries SET state='retry', next_at=0 WHERE state='dead'"
-            )
-        else:
-            cur = self.db.execute(
-                "UPDATE deliveries SET state='retry', next_at=0 WHERE state='dead' AND id=?",
-                (delivery_id,),
-            )
-        return cur.rowcount
+        query = "UPDATE deliveries SET state='retry', next_at=0, done_at=NULL WHERE state='dead'"
+        with self.transaction() as db:
+            if delivery_id is None:
+                return db.execute(query).rowcount
+            return db.execute(query + " AND id=?", (delivery_id,)).rowcount
 
     def interrupted(self) -> list[Delivery]:
         """Deliveries a previous run was sending when it stopped."""
@@ -472,7 +607,8 @@ class Store:
         return [Delivery(**dict(row)) for row in rows.fetchall()]
 
     def resume(self, delivery: Delivery) -> None:
-        self.db.execute("UPDATE deliveries SET state='retry' WHERE id=?", (delivery.id,))
+        with self.transaction() as db:
+            db.execute("UPDATE deliveries SET state='retry' WHERE id=?", (delivery.id,))
 
     # mappings
 
@@ -513,3 +649,84 @@ class Store:
             "SELECT route, state, COUNT(*) AS n FROM deliveries GROUP BY route, state"
         ).fetchall()
         return {(row["route"], row["state"]): int(row["n"]) for row in rows}
+
+    def queue_depth(self) -> dict[tuple[str, str], int]:
+        """Deliveries per (target, state) not done with: queued, being sent, waiting, dead."""
+        rows = self.db.execute(
+            "SELECT target_account, state, COUNT(*) AS n FROM deliveries"
+            " WHERE state IN ('pending','retry','sending','dead') GROUP BY target_account, state"
+        ).fetchall()
+        return {(row["target_account"], row["state"]): int(row["n"]) for row in rows}
+
+    def problems(self, limit: int = 20) -> list[Delivery]:
+        """The most recent deliveries that failed and are waiting or given up, newest first."""
+        rows = self.db.execute(
+            "SELECT * FROM deliveries WHERE state IN ('retry','dead') AND last_error != ''"
+            " ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [Delivery(**dict(row)) for row in rows]
+
+    def cursors(self) -> dict[str, tuple[str, float]]:
+        """Every account's cursor and when it last moved (Unix time)."""
+        rows = self.db.execute("SELECT account, value, updated_at FROM cursors").fetchall()
+        return {row["account"]: (str(row["value"]), float(row["updated_at"])) for row in rows}
+
+    # retention
+
+    def prune(
+        self,
+        finished_before: float | None,
+        mapped_before: float | None = None,
+        batch: int = PRUNE_BATCH,
+    ) -> Pruned:
+        """One pass of at most `batch` rows per kind, in one transaction; call until it prunes
+        nothing, so that a large backlog never holds the write lock for long.
+
+        `finished_before` bounds finished deliveries, seen events and orphaned copies (None keeps
+        them); `mapped_before` bounds mappings (None keeps them for good).
+        """
+        pruned = Pruned()
+        with self.transaction() as db:
+            if mapped_before is not None:
+                pruned.mappings = db.execute(
+                    "DELETE FROM mappings WHERE rowid IN (SELECT rowid FROM mappings"
+                    " WHERE created_at < ? LIMIT ?)",
+                    (mapped_before, batch),
+                ).rowcount
+            if finished_before is not None:
+                self._prune_finished(db, finished_before, batch, pruned)
+        return pruned
+
+    @staticmethod
+    def _prune_finished(db: sqlite3.Connection, before: float, batch: int, pruned: Pruned) -> None:
+        mapped = "EXISTS (SELECT 1 FROM mappings m WHERE m.delivery_id = d.id)"
+        finished = f"d.state IN {FINISHED_STATES!r} AND d.done_at < ?"
+        ids = [
+            row[0]
+            for row in db.execute(
+                f"SELECT d.id FROM deliveries d WHERE {finished} AND NOT {mapped} LIMIT ?",
+                (before, batch),
+            ).fetchall()
+        ]
+        if ids:
+            marks = ",".join("?" * len(ids))
+            db.execute(f"DELETE FROM parts WHERE delivery_id IN ({marks})", ids)
+            pruned.deliveries = db.execute(
+                f"DELETE FROM deliveries WHERE id IN ({marks})", ids
+            ).rowcount
+        pruned.slimmed = db.execute(
+            "UPDATE deliveries SET payload='' WHERE id IN (SELECT d.id FROM deliveries d"
+            f" WHERE {finished} AND d.payload != '' AND {mapped} LIMIT ?)",
+            (before, batch),
+        ).rowcount
+        pruned.copies = db.execute(
+            "DELETE FROM copies WHERE rowid IN (SELECT c.rowid FROM copies c WHERE c.at < ?"
+            " AND NOT EXISTS (SELECT 1 FROM mappings m WHERE m.target_account = c.target_account"
+            " AND m.source_account = c.source_account AND m.source_id = c.source_id) LIMIT ?)",
+            (before, batch),
+        ).rowcount
+        pruned.seen = db.execute(
+            "DELETE FROM seen WHERE rowid IN (SELECT rowid FROM seen WHERE at < ? LIMIT ?)",
+            (before, batch),
+        ).rowcount
