@@ -104,6 +104,12 @@ base_url = "{tg_url}"
 bot_token = "{tg_token}"
 chat = "@newsroom_channel"
 
+# The sandbox channel takes a burst; real Telegram wants about one message a second per chat,
+# which the default limits keep to.
+[accounts.demo_tg.rate_limit]
+post_burst = 20
+call_burst = 40
+
 [[routes]]
 name = "mirror"
 from = ["demo_masto"]
