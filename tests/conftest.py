@@ -18,9 +18,7 @@ from tests.harness import Daemon, LoopThread, free_port
 from tests.realpds import real_pds_fixture
 
 real_pds = pytest.fixture(scope="session", name="real_pds")(real_pds_fixture())
-appview_network = pytest.fixture(scope="session", name="appview_network")(
-    appview_network_fixture()
-)
+appview_network = pytest.fixture(scope="session", name="appview_network")(appview_network_fixture())
 
 SECRETS = {
     "MASTODON_TOKEN": "",

@@ -22,7 +22,6 @@ pytestmark = pytest.mark.pds
 NOTIFICATION_TIMEOUT = 10.0
 
 
-
 def _client(network: AppViewNetwork, handle: str, password: str) -> Client:
     """Log in exactly as relaybird does in production: profile lookup included."""
     client = Client(base_url=f"{network.url}/xrpc")

@@ -19,6 +19,7 @@ from rich.console import Console
 from relaybird.config import (
     BlueskyAccount,
     BlueskyRateLimit,
+    CommandSettings,
     Config,
     ConfigError,
     GlobalSettings,
@@ -153,7 +154,10 @@ def test_example_config_loads_with_its_variables_set() -> None:
     config = load_config(ROOT / "config.example.toml", SECRETS)
     assert set(config.accounts) == {"news_masto", "news_bsky", "news_tg"}
     assert [(r.name, r.sources, r.targets) for r in config.routes] == [
-        ("mirror", ["news_masto"], ["news_bsky", "news_tg"])
+        ("mirror", ["news_masto"], ["news_bsky", "news_tg"]),
+    ]
+    assert [(c.bot, c.route, c.trigger) for c in config.commands] == [
+        ("news_masto", "mirror", "crosspost")
     ]
     masto = config.accounts["news_masto"]
     assert isinstance(masto, MastodonAccount)
@@ -185,6 +189,7 @@ def test_example_config_documents_every_key() -> None:
         BlueskyRateLimit,
         TelegramRateLimit,
         Route,
+        CommandSettings,
     ]
     documented = {
         (info.validation_alias if isinstance(info.validation_alias, str) else name)
@@ -351,6 +356,7 @@ ROUTE_DEFAULTS = {
     "on_delete": "delete",
     "unmapped_parent": "skip",
     "chain": False,
+    "reply_back": False,
 }
 
 
@@ -679,8 +685,9 @@ def test_config_can_be_built_in_code(tmp_path: Path) -> None:
 
 
 def test_route_built_in_code_is_validated() -> None:
-    with pytest.raises(ValidationError, match="cannot be routed yet"):
-        Route(name="r", sources=["m"], targets=["t"], kinds=["mention"])  # type: ignore[list-item]
+    assert Route(name="r", sources=["m"], targets=["t"], kinds=["mention"]).routes_mentions()
+    with pytest.raises(ValidationError, match="Input should be"):
+        Route(name="r", sources=["m"], targets=["t"], kinds=["mentions"])  # type: ignore[list-item]
     with pytest.raises(ValidationError, match="unknown placeholder"):
         Route(name="r", sources=["m"], targets=["t"], template="{body}")
 

@@ -169,10 +169,19 @@ def test_a_post_event_carrying_a_parent_counts_as_a_reply() -> None:
     assert targets(reply, one(kinds=["reply"])) == ["bsky"]
 
 
-def test_mentions_are_never_routed() -> None:
-    decision = plan(event(EventKind.MENTION), one(kinds=["post", "reply", "mention"]))
+def test_mentions_go_only_through_mention_routes() -> None:
+    mention = event(EventKind.MENTION, author=Author("mastodon", "alice@else.example", id="7"))
+    assert targets(mention, one(kinds=["mention"])) == ["bsky"]
+    decision = plan(mention, one())
     assert decision.planned == []
-    assert "mentions are not routed" in decision.reason
+    assert decision.reason == "route r: mentions are not in its kinds"
+    assert targets(event(), one(kinds=["mention"])) == []
+
+
+def test_a_direct_mention_still_reaches_the_inbox() -> None:
+    """The inbox is the staff's own place: what people wrote to us privately belongs there."""
+    mention = event(EventKind.MENTION, visibility=Visibility.DIRECT)
+    assert targets(mention, one(kinds=["mention"])) == ["bsky"]
 
 
 def test_kinds_compare_case_insensitively_on_hand_built_routes() -> None:

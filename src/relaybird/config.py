@@ -239,14 +239,34 @@ def _check_poll_timeout(value: int) -> int:
 
 
 def _check_kind(value: object) -> object:
-    """Kinds are written in lower case; "mention" is refused by name so that it is not read as a
-    typo of another kind: routing mentions is a separate feature still to come."""
-    kind = _lower(value)
-    if kind == "mention":
+    """Kinds are written in lower case, whichever way the user wrote them."""
+    return _lower(value)
+
+
+def _check_notifications_interval(value: int) -> int:
+    if value < 1:
+        raise _fail("must be a whole number of seconds, at least 1")
+    return value
+
+
+def _check_per_hour(value: int) -> int:
+    if value < 1:
+        raise _fail("must be a whole number of at least 1 (requests one person may make per hour)")
+    return value
+
+
+def _check_allow_entry(value: str) -> str:
+    """Allowlist entries are read by `commands.classify_entry`; a mistake is reported here."""
+    from relaybird.commands import classify_entry
+
+    try:
+        classify_entry(value)
+    except ValueError as error:
         raise _fail(
-            '"mention" cannot be routed yet (reserved for a later version); remove it from kinds'
-        )
-    return kind
+            f"{error}; write a handle (user@host, name.bsky.social), a DID (did:plc:...) or a"
+            " Telegram user id (digits)"
+        ) from None
+    return value.strip()
 
 
 def _check_tag(value: str) -> str:
@@ -499,6 +519,9 @@ class BlueskyAccount(AccountBase):
     poll_interval: Annotated[int, AfterValidator(_check_poll_interval)] = Field(
         default=60, examples=[60]
     )
+    notifications_poll_interval: Annotated[int, AfterValidator(_check_notifications_interval)] = (
+        Field(default=30, examples=[30])
+    )
     rate_limit: BlueskyRateLimit = BlueskyRateLimit()
 
     def identity(self) -> str:
@@ -526,7 +549,7 @@ AccountSettings = Annotated[
 ]
 
 
-KindName = Literal["post", "reply", "repost", "edit", "delete"]
+KindName = Literal["post", "reply", "repost", "edit", "delete", "mention"]
 VisibilityLevel = Literal["public", "unlisted", "private", "direct"]
 
 
@@ -584,10 +607,34 @@ class Route(Section):
         default="skip", examples=["skip"]
     )
     chain: bool = Field(default=False, examples=[False])
+    reply_back: bool = Field(default=False, examples=[False])
+
+    def routes_mentions(self) -> bool:
+        return "mention" in self.kinds
 
     def mirrors_reposts(self) -> bool:
         """Reposts need both switches, so that neither alone lets them out by surprise."""
         return "repost" in self.kinds and not self.skip_reposts
+
+
+class CommandSettings(Section):
+    """A bot people mention to have a post crossposted (`@relaybird crosspost bluesky`)."""
+
+    name: NonBlank = Field(examples=["crosspost"])
+    bot: str = Field(examples=["news_masto"])
+    trigger: Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\w+$")] = Field(
+        default="crosspost", examples=["crosspost"]
+    )
+    route: str = Field(examples=["mirror"])
+    allow: list[Annotated[str, AfterValidator(_check_allow_entry)]] = Field(
+        min_length=1, examples=[["editor@mastodon.example", "did:plc:abc123", "123456789"]]
+    )
+    refusal: Annotated[Literal["reply", "silent"], BeforeValidator(_lower)] = Field(
+        default="reply", examples=["reply"]
+    )
+    per_person_per_hour: Annotated[int, AfterValidator(_check_per_hour)] = Field(
+        default=10, examples=[10]
+    )
 
 
 class Config(Section):
@@ -599,6 +646,7 @@ class Config(Section):
     relaybird: GlobalSettings = GlobalSettings()
     accounts: dict[AccountName, AccountSettings] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
+    commands: list[CommandSettings] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -673,7 +721,39 @@ def cross_check(config: Config) -> list[Problem]:
                 )
             )
         seen_names.setdefault(route.name, index)
+    problems.extend(_check_commands(config))
     return problems
+
+
+def _check_commands(config: Config) -> Iterator[Problem]:
+    """A command names an existing bot account and route; one bot answers one command."""
+    routes = {route.name: route for route in config.routes}
+    bots: dict[str, int] = {}
+    for index, command in enumerate(config.commands):
+        where = f"commands[{index}]"
+        if config.accounts and command.bot not in config.accounts:
+            yield Problem(f"{where}.bot", _unknown_account(command.bot, config.accounts))
+        elif command.bot in bots:
+            yield Problem(
+                f"{where}.bot",
+                f"{_quote(command.bot)} already answers commands[{bots[command.bot]}]; give each"
+                " bot one command",
+            )
+        bots.setdefault(command.bot, index)
+        route = routes.get(command.route)
+        if route is None:
+            known = ", ".join(sorted(routes)) or "none"
+            yield Problem(
+                f"{where}.route",
+                f"no route is named {_quote(command.route)}; known routes: {known}"
+                + _did_you_mean(command.route, routes),
+            )
+        elif route.routes_mentions():
+            yield Problem(
+                f"{where}.route",
+                f"route {_quote(route.name)} relays mentions; name a route whose `to` lists the"
+                " accounts to crosspost to",
+            )
 
 
 def _check_route(config: Config, index: int, route: Route) -> Iterator[Problem]:
@@ -693,6 +773,22 @@ def _check_route(config: Config, index: int, route: Route) -> Iterator[Problem]:
                 )
             seen.add(name)
     yield from _check_repost_switches(index, route)
+    yield from _check_mention_route(index, route)
+
+
+def _check_mention_route(index: int, route: Route) -> Iterator[Problem]:
+    """A route relays either mentions (as notices) or posts (as copies): the two read differently."""
+    if route.routes_mentions() and len(route.kinds) > 1:
+        yield Problem(
+            f"routes[{index}].kinds",
+            'lists "mention" with other kinds; a mention route relays notifications only, so'
+            ' write kinds = ["mention"] and put the other kinds in a route of their own',
+        )
+    if route.reply_back and not route.routes_mentions():
+        yield Problem(
+            f"routes[{index}].reply_back",
+            'only applies to routes with kinds = ["mention"]; remove it',
+        )
 
 
 def _check_repost_switches(index: int, route: Route) -> Iterator[Problem]:

@@ -167,6 +167,11 @@ class Event:
     timestamp), so that each edit is relayed once and a repeated one is not. `scope` names which of
     the account's streams the cursor belongs to ("" for its posts, "mentions" for its notifications),
     so that two streams of one account never overwrite each other's position.
+
+    For a MENTION, `reason` says what the other person did ("mention", "reply" or "quote"; empty
+    when the network does not say, and then it is read from the post). `by` is the person who wrote
+    the post when the post's author stands for something else (a Telegram chat that counts as the
+    account): who asked matters to the crosspost bot and to who may answer from an inbox.
     """
 
     kind: EventKind
@@ -175,6 +180,8 @@ class Event:
     cursor: str | None = None
     version: str = ""
     scope: str = ""
+    reason: str = ""
+    by: Author | None = None
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from relaybird import router
-from relaybird.config import Config
+from relaybird.config import BlueskyAccount, Config
+from relaybird.desk import Desk, compose_answer
 from relaybird.fitting import extract_content_warning, fingerprint
 from relaybird.metrics import Metrics
-from relaybird.model import Event, EventKind, TargetRef
+from relaybird.model import Event, EventKind, Post, TargetRef
 from relaybird.networks.base import DeliveryError, Network, PermanentError
+from relaybird.networks.bluesky import BlueskyNetwork
+from relaybird.networks.bluesky_notifications import BlueskyNotifications
+from relaybird.networks.mastodon import MastodonNetwork
+from relaybird.networks.mastodon_mentions import MastodonMentions
 from relaybird.networks.registry import build_network
 from relaybird.ratelimit import AccountLimiter
-from relaybird.store import Delivery, Planned, Pruned, Store, StoreUnavailable
+from relaybird.store import Delivery, Planned, Pruned, Store, StoreUnavailable, cursor_key
 from relaybird.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -62,15 +67,37 @@ class Relay:
     #: Why the state database last refused a write; empty while it works.
     store_error: str = ""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    desk: Desk = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics.watch_queues(self.store.queue_depth)
+        self.desk = Desk(self.config, self.store, self.networks)
 
     def sources(self) -> set[str]:
-        return {name for route in self.config.routes for name in route.sources}
+        """Accounts whose own stream is read: sources of post routes, and chats where mentions,
+        requests and inbox answers arrive among the ordinary messages."""
+        posts = {
+            name
+            for route in self.config.routes
+            if not route.routes_mentions()
+            for name in route.sources
+        }
+        chats = {
+            name
+            for name in self.desk.mentioned_accounts() | self.desk.inboxes_answering()
+            if self.desk.is_chat_network(name)
+        }
+        return posts | chats
+
+    def mention_sources(self) -> set[str]:
+        """Accounts whose notifications are read (networks that have them)."""
+        return {
+            name for name in self.desk.mentioned_accounts() if not self.desk.is_chat_network(name)
+        }
 
     def targets(self) -> set[str]:
-        return {name for route in self.config.routes for name in route.targets}
+        routed = {name for route in self.config.routes for name in route.targets}
+        return routed | self.desk.answering_accounts()
 
     # EventSink
 
@@ -85,6 +112,15 @@ class Relay:
         lock = self.writing.get(event.account)
         try:
             if lock is None:
+                taken = await self.desk.intake(event)
+            else:
+                async with lock:
+                    taken = await self.desk.intake(event)
+            if taken is None:
+                self._wake_all()
+                return
+            event = taken
+            if lock is None:
                 self._accept(event)
             else:
                 async with lock:
@@ -92,6 +128,10 @@ class Relay:
         except sqlite3.Error as error:
             raise self._store_failed("accept", error, event) from error
         self._store_recovered()
+
+    def _wake_all(self) -> None:
+        for worker in self.workers.values():
+            worker.wake.set()
 
     def _store_failed(
         self, operation: str, error: sqlite3.Error, event: Event | None = None
@@ -118,6 +158,14 @@ class Relay:
             event.post = extract_content_warning(event.post)
         post = event.post
         changes = event.kind in (EventKind.EDIT, EventKind.DELETE)
+        if event.kind is EventKind.MENTION:
+            decision = router.plan(event, self.config.routes)
+            ids = self.store.accept(event, decision.planned)
+            if decision.planned and ids:
+                self._queued(event, decision.planned)
+            else:
+                self._skipped(event, "mention", decision.reason or "already seen")
+            return
         if changes and not self.store.was_relayed(event.account, post.id):
             self._skipped(event, "never_relayed", "the original was never relayed")
             if event.cursor is not None:
@@ -186,9 +234,9 @@ class Relay:
             },
         )
 
-    def save_cursor(self, account: str, cursor: str) -> None:
+    def save_cursor(self, account: str, cursor: str, scope: str = "") -> None:
         try:
-            self.store.set_cursor(account, cursor)
+            self.store.set_cursor(cursor_key(account, scope), cursor)
         except sqlite3.Error as error:
             raise self._store_failed("cursor", error) from error
 
@@ -224,7 +272,7 @@ class Relay:
         network is merely unreachable is retried in the background, unhealthy meanwhile, while the
         others start: one network having a bad day does not keep the rest from flowing.
         """
-        sources, targets = self.sources(), self.targets()
+        sources, targets = self.sources() | self.mention_sources(), self.targets()
         for name, account in self.config.accounts.items():
             if name not in sources and name not in targets:
                 continue
@@ -291,13 +339,38 @@ class Relay:
                 self.writing[name],
                 limiter=self.limiters[name],
                 metrics=self.metrics,
+                composer=self._compose,
             )
             self.workers[name] = worker
             self._spawn(worker.run(), f"worker:{name}")
         if name in self.sources():
             self._spawn(network.listen(self.store.cursor(name), self), f"listen:{name}")
-        else:
+        elif name not in self.mention_sources():
             self.set_connected(name, True, "target only")
+        if name in self.mention_sources():
+            self._spawn(self._listen_mentions(name), f"mentions:{name}")
+
+    def _compose(self, delivery: Delivery) -> Post | None:
+        return compose_answer(self.store, self.config, delivery.source_account, delivery.payload)
+
+    async def _listen_mentions(self, name: str) -> None:
+        """Mentions of the account from its network's notifications, with a cursor of their own."""
+        network = self.networks[name]
+        cursor = self.store.cursor(cursor_key(name, "mentions"))
+        if isinstance(network, MastodonNetwork):
+            await MastodonMentions(network).run(cursor, self)
+        elif isinstance(network, BlueskyNetwork):
+            account = self.config.accounts[name]
+            assert isinstance(account, BlueskyAccount)
+            listener = BlueskyNotifications(
+                name,
+                network.client,
+                network.did,
+                network.handle,
+                poll_interval=float(account.notifications_poll_interval),
+                pds_url=network.pds_url(),
+            )
+            await listener.run(cursor, self)
 
     # retention
 
@@ -367,7 +440,9 @@ class Relay:
             _, pending = await asyncio.wait(holds, timeout=SHUTDOWN_GRACE_SECONDS)
             for task in pending:
                 task.cancel()
-                log.warning("a send did not finish within %.0f s of shutdown", SHUTDOWN_GRACE_SECONDS)
+                log.warning(
+                    "a send did not finish within %.0f s of shutdown", SHUTDOWN_GRACE_SECONDS
+                )
 
     async def stop(self) -> None:
         listeners = [t for t in self._tasks if not t.get_name().startswith("worker:")]

@@ -9,14 +9,18 @@ computed, so that each network module only says which unit it needs.
 from __future__ import annotations
 
 import bisect
+import itertools
+import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
+from typing import Any
 from urllib.parse import urlsplit
 
 import regex
 
-from relaybird.model import Post, Span, SpanKind
+from relaybird.model import Author, LinkCard, Media, Post, Span, SpanKind
 
 Measure = Callable[[str, list[Span]], int]
 
@@ -80,6 +84,47 @@ def utf8_length(text: str) -> int:
 
 def utf16_length(text: str) -> int:
     return sum(_utf16_width(char) for char in text)
+
+
+class OffsetTable:
+    """Offsets of one text in another unit, for the many lookups of a post's facets or entities.
+
+    `utf8_index` and friends walk the text on each call, which is fine for one offset but
+    quadratic for thousands of facets on a long text; this table is built once (in one pass) and
+    answers each lookup by bisection. ASCII text, the common case, needs no table at all.
+    """
+
+    def __init__(self, text: str, width: Callable[[str], int], unit: str) -> None:
+        self.length = len(text)
+        self.unit = unit
+        self.prefix: list[int] | None = None
+        if not text.isascii():
+            self.prefix = list(itertools.accumulate(map(width, text), initial=0))
+
+    @classmethod
+    def utf8(cls, text: str) -> OffsetTable:
+        return cls(text, _utf8_width, "UTF-8 byte")
+
+    @classmethod
+    def utf16(cls, text: str) -> OffsetTable:
+        return cls(text, _utf16_width, "UTF-16")
+
+    def offset(self, index: int) -> int:
+        """The offset in this unit of the Python index `index`."""
+        if not 0 <= index <= self.length:
+            raise ValueError(f"index {index} is outside a text of {self.length} characters")
+        return index if self.prefix is None else self.prefix[index]
+
+    def index(self, offset: int) -> int:
+        """The Python index of `offset`; `ValueError` when it is outside or inside a character."""
+        if self.prefix is None:
+            if not 0 <= offset <= self.length:
+                raise ValueError(f"{self.unit} offset {offset} is outside the text")
+            return offset
+        found = bisect.bisect_left(self.prefix, offset)
+        if found > self.length or self.prefix[found] != offset or offset < 0:
+            raise ValueError(f"{self.unit} offset {offset} is not on a character boundary")
+        return found
 
 
 def _check_index(text: str, index: int) -> None:
@@ -178,10 +223,11 @@ def count_mastodon(text: str, spans: Sequence[Span] = (), url_weight: int = 23) 
 
 def _mastodon_countable(text: str, url_weight: int) -> str:
     """Text with URLs and remote mentions replaced as Mastodon does before counting."""
-    entities: list[tuple[int, int, str]] = [(s, e, "x" * url_weight) for s, e in find_urls(text)]
+    urls = find_urls(text)
+    entities: list[tuple[int, int, str]] = [(s, e, "x" * url_weight) for s, e in urls]
     for match in _FEDI_MENTION.finditer(text):
         start, end = match.span()
-        if not any(s < end and start < e for s, e, _ in entities):
+        if not overlaps_any(urls, start, end):
             entities.append((start, end, "@" + match.group(1)))
     entities.sort()
     pieces: list[str] = []
@@ -191,6 +237,15 @@ def _mastodon_countable(text: str, url_weight: int) -> str:
         cursor = end
     pieces.append(text[cursor:])
     return "".join(pieces)
+
+
+def overlaps_any(ranges: Sequence[tuple[int, int]], start: int, end: int) -> bool:
+    """Whether [start, end) meets one of `ranges`, which are sorted and do not overlap."""
+    found = bisect.bisect_right(ranges, start, key=lambda item: item[0])
+    for index in (found - 1, found):
+        if 0 <= index < len(ranges) and ranges[index][0] < end and start < ranges[index][1]:
+            return True
+    return False
 
 
 def scaled_max(limit: int, *measures: tuple[Measure, int]) -> Measure:
@@ -326,6 +381,9 @@ _SENTENCE_END = _CJK_SENTENCE_END | frozenset(
 )
 _CLOSERS = frozenset("\"')]}\u00bb\u201d\u2019\u203a\u300d\u300f")
 
+#: The first distance (in characters) `_Splitter.horizon` looks ahead of a part's start.
+_HORIZON_STEP = 256
+
 #: A part cut at a paragraph (or sentence) end is preferred while it fills at least this share of
 #: the limit; below it, a further cut at a weaker boundary is taken so threads do not grow long.
 _MIN_FILL = 0.5
@@ -362,17 +420,30 @@ class _Splitter:
         self.atomic = sorted(
             (s for s in post.spans if s.kind in ATOMIC_KINDS), key=lambda s: (s.start, s.end)
         )
+        self.atomic_starts = [span.start for span in self.atomic]
+        # Measures may break ties between equal ranges by order: hand them spans in post order.
+        self.order = {id(span): index for index, span in enumerate(post.spans)}
         self.broken: set[Span] = set()
         self.stop = self.content_end()
         self.breaks = self._find_breaks()
         self.break_ends = [b.end for b in self.breaks]
-        self.blockers = [0] * len(self.breaks)
+        # Changes to the blocker counts, kept as differences so that a span over thousands of
+        # breaks costs two updates; `blockers` adds them up when next read.
+        self.changes = [0] * (len(self.breaks) + 2)
+        self.counted: list[int] | None = None
         for span in self.atomic:
             self._count_blocker(span, 1)
         # The end of the text, as a break, lets one search both pack and finish the last part.
         self.breaks.append(_Break(self.stop, self.stop, _Level.PARAGRAPH))
         self.break_ends.append(self.stop)
-        self.blockers.append(0)
+        self.horizon_at = (-1, 0)
+
+    @property
+    def blockers(self) -> list[int]:
+        """How many unbroken atomic spans each break would cut (zero: the break is usable)."""
+        if self.counted is None:
+            self.counted = list(itertools.accumulate(self.changes))[: len(self.breaks)]
+        return self.counted
 
     def _find_breaks(self) -> list[_Break]:
         breaks: list[_Break] = []
@@ -398,19 +469,30 @@ class _Splitter:
         return breaks
 
     def _count_blocker(self, span: Span, delta: int) -> None:
-        """Add `delta` to every break that would cut `span` (one whose gap meets its inside)."""
+        """Add `delta` to every break that would cut `span` (one whose gap meets its inside).
+
+        Only the breaks the span starts in or next to need a look of their own (the span may sit
+        inside a gap of whitespace); every later break before its end cuts it.
+        """
         index = max(0, bisect.bisect_left(self.break_ends, span.start) - 1)
-        while index < len(self.break_ends) and self.breaks[index].end < span.end:
+        last = bisect.bisect_left(self.break_ends, span.end, lo=index)
+        while index < last and self.breaks[index].end <= span.start:
             item = self.breaks[index]
-            inside_gap = item.end <= span.start and span.end <= item.next
+            inside_gap = span.end <= item.next
             if item.next > span.start and not inside_gap:
-                self.blockers[index] += delta
+                self.changes[index] += delta
+                self.changes[index + 1] -= delta
             index += 1
+        if index < last:
+            self.changes[index] += delta
+            self.changes[last] -= delta
+        self.counted = None
 
     def _break_span(self, span: Span) -> None:
         if span not in self.broken:
             self.broken.add(span)
             self._count_blocker(span, -1)
+            self.horizon_at = (-1, 0)
 
     def part(self, start: int, end: int) -> tuple[str, list[Span]]:
         """Text and re-based spans of [start, end): atomic spans only whole, formatting clipped."""
@@ -428,10 +510,21 @@ class _Splitter:
         return self.text[start:end], spans
 
     def fits(self, start: int, end: int) -> bool:
-        return self.measure(*self.part(start, end)) <= self.limit
+        return self.value(start, end) <= self.limit
 
     def value(self, start: int, end: int) -> int:
-        return self.measure(*self.part(start, end))
+        """The measure of [start, end) as `part` would cut it.
+
+        Only the atomic spans are handed to the measure: formatting never changes how long a
+        text counts, and leaving it out keeps each of the many trial measures small.
+        """
+        low = bisect.bisect_left(self.atomic_starts, start)
+        high = bisect.bisect_left(self.atomic_starts, end, lo=low)
+        inside = [
+            span for span in self.atomic[low:high] if span.end <= end and span not in self.broken
+        ]
+        inside.sort(key=lambda span: self.order[id(span)])
+        return self.measure(self.text[start:end], [span.shifted(-start) for span in inside])
 
     def furthest(self, start: int, ends: Sequence[int]) -> int | None:
         """Index in `ends` of the furthest end that fits (measures grow with text).
@@ -453,12 +546,36 @@ class _Splitter:
                 high = middle - 1
         return good
 
+    def horizon(self, start: int) -> int:
+        """An index that no part starting at `start` reaches: the text up to it is over the limit.
+
+        Found by doubling a distance from `start`, then doubled once more as a margin (measures
+        grow with text, but not strictly: a URL cut short counts like a whole one). Candidates
+        beyond it are never measured, so that a long post does not measure all that follows
+        each part once per level: the cost of a part stays about that of its own text.
+        """
+        if self.horizon_at[0] == start:
+            return self.horizon_at[1]
+        distance = _HORIZON_STEP
+        while True:
+            position = bisect.bisect_left(self.bounds, min(start + distance, len(self.text)))
+            end = self.bounds[position]
+            if end >= self.stop:
+                found = len(self.text)
+                break
+            if not self.fits(start, end):
+                found = min(len(self.text), start + 2 * (end - start))
+                break
+            distance *= 2
+        self.horizon_at = (start, found)
+        return found
+
     def choose_break(self, start: int) -> _Break | None:
         """The cut for a part starting at `start`: strongest boundary that fills the part enough."""
         first = bisect.bisect_right(self.break_ends, start)
-        candidates = [
-            self.breaks[i] for i in range(first, len(self.breaks)) if not self.blockers[i]
-        ]
+        last = bisect.bisect_right(self.break_ends, self.horizon(start), lo=first)
+        blockers = self.blockers
+        candidates = [self.breaks[i] for i in range(first, last) if not blockers[i]]
         for level in (_Level.PARAGRAPH, _Level.SENTENCE, _Level.WORD):
             usable = [b for b in candidates if b.level >= level]
             found = self.furthest(start, [b.end for b in usable])
@@ -485,7 +602,7 @@ class _Splitter:
         holding = [
             s for s in self.atomic if s not in self.broken and s.start < stop and start < s.end
         ]
-        whole = [b for b in inside if not any(s.start < b < s.end for s in holding)]
+        whole = _outside_spans(inside, holding)
         found = self.furthest(start, whole)
         if found is not None:
             return whole[found]
@@ -528,13 +645,23 @@ class _Splitter:
                 result.append((start, chosen.end))
                 start = chosen.next
                 continue
-            cut = self.hard_cut(start, stop)
+            cut = self.hard_cut(start, min(stop, self.horizon(start)))
             if cut is None:
                 self.drop_first_span(start)
                 continue
             result.append((start, cut))
             start = self.skip_space(cut)
         return result
+
+
+def _outside_spans(bounds: list[int], spans: Iterable[Span]) -> list[int]:
+    """The sorted `bounds` that fall strictly inside none of `spans`, in one sweep."""
+    depth = [0] * (len(bounds) + 1)
+    for span in spans:
+        depth[bisect.bisect_right(bounds, span.start)] += 1
+        depth[bisect.bisect_left(bounds, span.end)] -= 1
+    inside = itertools.accumulate(depth)
+    return [bound for bound, covered in zip(bounds, inside, strict=False) if not covered]
 
 
 def split_post(post: Post, limit: int, measure: Measure, *, reserve: int = 0) -> list[Post]:
@@ -564,3 +691,215 @@ def split_post(post: Post, limit: int, measure: Measure, *, reserve: int = 0) ->
         text, spans = splitter.part(start, end)
         parts.append(replace(post, text=text, spans=spans, media=post.media if number == 0 else []))
     return parts or [replace(post, text="", spans=[])]
+
+
+# --------------------------------------------------------------------------------------------------
+# payloads at the model boundary: one error type, and text every store and network accepts
+
+
+class PayloadError(ValueError):
+    """A payload from a network that cannot become a Post (or an event) as it stands.
+
+    This is the only error the inbound converters raise for bad input, whatever is wrong with it:
+    a missing id, a wrong type, a text over `MAX_TEXT_CHARS`, JSON that does not parse. Listeners
+    catch it per payload, log one line and move their cursor past it, so that one poisoned payload
+    never stops a stream. Its message names what is wrong, never the payload itself.
+    """
+
+
+#: Longer texts are refused: no network we mirror to could carry them, even as a thread.
+MAX_TEXT_CHARS = 100_000
+#: More spans than this on one post are hostile; the first ones (by position) are kept.
+MAX_SPANS = 4096
+#: Ids, handles and such are short; anything longer is not what it claims to be.
+MAX_ID_LENGTH = 512
+
+_UNSAFE_CHARS = re.compile("[\x00\ud800-\udfff]")
+_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8}){0,4}")
+_MIME = re.compile(r"[A-Za-z0-9][\w.+-]{0,63}/[A-Za-z0-9][\w.+-]{0,127}")
+LINK_SCHEMES = frozenset({"http", "https", "mailto"})
+PAGE_SCHEMES = frozenset({"http", "https"})
+
+
+def clean_text(text: str) -> str:
+    """The text with lone surrogates and NUL replaced by U+FFFD, one character for one.
+
+    A lone surrogate (JSON can carry one as `\\ud800`) cannot be encoded as UTF-8, so SQLite and
+    every network refuse it; NUL is refused by most servers. Replacing each by one U+FFFD keeps the
+    length, and the width in UTF-8 bytes (3) and UTF-16 units (1) of a surrogate, so spans computed
+    before cleaning stay valid.
+    """
+    if text.isascii():
+        return text.replace("\x00", "\ufffd") if "\x00" in text else text
+    return _UNSAFE_CHARS.sub("\ufffd", text)
+
+
+def safe_url(url: str, schemes: frozenset[str] = PAGE_SCHEMES) -> str:
+    """`url` when it is an absolute URL of one of `schemes`, else "" (no `javascript:` links)."""
+    url = clean_text(url).strip()
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    if parts.scheme.lower() not in schemes or any(char.isspace() for char in url):
+        return ""
+    if parts.scheme.lower() in PAGE_SCHEMES and not parts.hostname:
+        return ""
+    return url
+
+
+def clean_spans(text: str, spans: Iterable[Span]) -> list[Span]:
+    """Spans that fit the text, with safe fields, without duplicates, in order, at most MAX_SPANS.
+
+    A link whose target is not a web or mail URL is dropped (its text stays), and a mention keeps
+    its text but loses such a URL: a copy must never carry a `javascript:` link.
+    """
+    seen: set[Span] = set()
+    kept: list[Span] = []
+    for span in spans:
+        if not 0 <= span.start < span.end <= len(text):
+            continue
+        url = safe_url(span.url, LINK_SCHEMES) if span.url else ""
+        if span.kind is SpanKind.LINK and not url:
+            continue
+        cleaned = replace(
+            span,
+            url=url,
+            tag=clean_text(span.tag),
+            handle=clean_text(span.handle),
+            did=clean_text(span.did),
+        )
+        if cleaned not in seen:
+            seen.add(cleaned)
+            kept.append(cleaned)
+    kept.sort(key=lambda s: (s.start, -s.end))
+    return kept[:MAX_SPANS]
+
+
+def clean_media(media: Media) -> Media:
+    mime = media.mime if _MIME.fullmatch(media.mime) else "application/octet-stream"
+    return replace(
+        media,
+        mime=mime.lower(),
+        alt=clean_text(media.alt),
+        url=clean_text(media.url),
+        width=_dimension(media.width),
+        height=_dimension(media.height),
+    )
+
+
+def _dimension(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _clean_author(author: Author | None) -> Author | None:
+    if author is None:
+        return None
+    return Author(
+        network=clean_text(author.network),
+        handle=clean_text(author.handle),
+        display_name=clean_text(author.display_name),
+        url=safe_url(author.url),
+        id=clean_text(author.id),
+    )
+
+
+def _clean_card(card: LinkCard | None) -> LinkCard | None:
+    url = safe_url(card.url) if card is not None else ""
+    if card is None or not url:
+        return None
+    return LinkCard(
+        url=url,
+        title=clean_text(card.title),
+        description=clean_text(card.description),
+        thumb=clean_media(card.thumb) if card.thumb is not None else None,
+    )
+
+
+def _clean_optional(value: str | None) -> str | None:
+    return clean_text(value) if value else None
+
+
+def clean_post(post: Post) -> Post:
+    """The post with every field in a shape the store and every network accept.
+
+    The one place where text from a network is made safe: inbound converters apply it to what
+    they build, outbound converters to what they are given (a post may come from an older outbox
+    row). See `clean_text`, `clean_spans` and `safe_url`; a language that is not a BCP 47 tag is
+    dropped, so that no target refuses the post for it.
+    """
+    text = clean_text(post.text)
+    language = post.language if post.language and _LANGUAGE.fullmatch(post.language) else None
+    return replace(
+        post,
+        id=clean_text(post.id),
+        text=text,
+        spans=clean_spans(text, post.spans),
+        media=[clean_media(item) for item in post.media],
+        reply_to=_clean_optional(post.reply_to),
+        reply_to_author_id=_clean_optional(post.reply_to_author_id),
+        thread_root=_clean_optional(post.thread_root),
+        content_warning=clean_text(post.content_warning),
+        language=language,
+        permalink=safe_url(post.permalink),
+        author=_clean_author(post.author),
+        created_at=clean_text(post.created_at),
+        card=_clean_card(post.card),
+    )
+
+
+# reading JSON payloads: optional fields of the wrong type read as absent, required ones raise
+
+
+def parse_json(data: str | bytes) -> Any:
+    """JSON text as Python values; `PayloadError` for anything that is not JSON (or too deep)."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as error:
+        raise PayloadError(f"not JSON ({type(error).__name__})") from None
+
+
+def as_dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def as_dicts(value: object) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def as_text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def as_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def as_id(value: object) -> str | None:
+    """An id as networks write them (a number, or a short string of visible characters without
+    spaces), or None for anything else: an id is compared and stored, never cleaned."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_ID_LENGTH
+        and value.isprintable()
+        and " " not in value
+    ):
+        return value
+    return None
+
+
+def required_id(value: object, what: str) -> str:
+    found = as_id(value)
+    if found is None:
+        raise PayloadError(f"{what} is missing or not an id")
+    return found
+
+
+def bounded_text(text: str, what: str = "text") -> str:
+    if len(text) > MAX_TEXT_CHARS:
+        raise PayloadError(f"{what} of {len(text)} characters is over {MAX_TEXT_CHARS}")
+    return text

@@ -247,8 +247,6 @@ def plan(event: Event, routes: Iterable[RouteLike], echo: Echo | None = None) ->
     With `echo`, only chaining routes forward it and never to an account that already holds the
     post; since every hop adds its target to the holders, a chain can never come back round.
     """
-    if kind_of(event) == "mention":
-        return Decision([], "mentions are not routed (yet)")
     planned: list[Planned] = []
     taken: set[str] = {event.account} | (echo.holders if echo is not None else frozenset())
     reasons: list[str] = []

@@ -20,7 +20,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from relaybird.model import Event, TargetRef
+from relaybird.model import Event, Post, TargetRef
 from relaybird.networks.base import TemporaryError
 
 MIGRATIONS: list[str] = [
@@ -340,6 +340,86 @@ class Store:
             " updated_at=excluded.updated_at",
             (account, value, time.time()),
         )
+
+    def was_seen(self, account: str, source_id: str, kind: str) -> bool:
+        """Whether this event of the account was recorded before (it then creates nothing new)."""
+        row = self.db.execute(
+            "SELECT 1 FROM seen WHERE account=? AND source_id=? AND kind=?",
+            (account, source_id, kind),
+        ).fetchone()
+        return row is not None
+
+    def enqueue(
+        self,
+        planned: Planned,
+        kind: str,
+        source_account: str,
+        post: Post,
+        *,
+        parent: str | None = None,
+    ) -> int | None:
+        """Queue one delivery decided outside the router (a bot's crosspost, an answer); the
+        same (kind, source, target) queued twice is kept once, which is what makes asking twice
+        post once. Returns the new id, or None when it was there already."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO deliveries (route, kind, source_account, source_id,"
+                " parent_source_id, target_account, version, payload, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, '', ?, ?)",
+                (
+                    planned.route,
+                    kind,
+                    source_account,
+                    post.id,
+                    parent,
+                    planned.target_account,
+                    post.to_json(),
+                    time.time(),
+                ),
+            )
+            return cur.lastrowid if cur.rowcount else None
+
+    def find_delivery(
+        self, kind: str, source_account: str, source_id: str, target_account: str
+    ) -> Delivery | None:
+        row = self.db.execute(
+            "SELECT * FROM deliveries WHERE kind=? AND source_account=? AND source_id=?"
+            " AND target_account=? AND version='' ORDER BY id LIMIT 1",
+            (kind, source_account, source_id, target_account),
+        ).fetchone()
+        return None if row is None else Delivery(**dict(row))
+
+    def deliveries_of(
+        self, source_account: str, source_id: str, target_account: str
+    ) -> list[Delivery]:
+        rows = self.db.execute(
+            "SELECT * FROM deliveries WHERE source_account=? AND source_id=? AND target_account=?"
+            " ORDER BY id",
+            (source_account, source_id, target_account),
+        ).fetchall()
+        return [Delivery(**dict(row)) for row in rows]
+
+    def copy_origin(self, target_account: str, target_id: str) -> tuple[str, str] | None:
+        """What one of our posts on `target_account` was made from (one step, no chains)."""
+        row = self.db.execute(
+            "SELECT source_account, source_id FROM copies WHERE target_account=? AND target_id=?",
+            (target_account, target_id),
+        ).fetchone()
+        return None if row is None else (str(row["source_account"]), str(row["source_id"]))
+
+    def original_post(self, source_account: str, source_id: str) -> Post | None:
+        """The post as it was queued for its copies, while its content is kept (see `prune`)."""
+        row = self.db.execute(
+            "SELECT payload FROM deliveries WHERE source_account=? AND source_id=?"
+            " AND payload != '' ORDER BY id LIMIT 1",
+            (source_account, source_id),
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            return Post.from_json(str(row["payload"]))
+        except (ValueError, KeyError, TypeError):
+            return None
 
     # the outbox
 

@@ -19,8 +19,10 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
+from relaybird.answers import reply_target
 from relaybird.fitting import FitOptions, fingerprint, fit_post
 from relaybird.metrics import Metrics
 from relaybird.model import Post, TargetRef
@@ -51,6 +53,18 @@ IDLE_CHECK_SECONDS = 5.0
 
 class Skip(Exception):
     """Nothing is to be done for this delivery; the reason is recorded."""
+
+
+class Wait(Exception):
+    """The delivery depends on others still under way: look again shortly, without a failure."""
+
+    def __init__(self, reason: str, seconds: float) -> None:
+        super().__init__(reason)
+        self.seconds = seconds
+
+
+#: What the bot's answer becomes once its copies are done (None while one is still pending).
+Composer = Callable[[Delivery], Post | None]
 
 
 def backoff_seconds(attempts: int) -> float:
@@ -88,6 +102,7 @@ class Worker:
         limiter: AccountLimiter | None = None,
         metrics: Metrics | None = None,
         idle_check: float = IDLE_CHECK_SECONDS,
+        composer: Composer | None = None,
     ) -> None:
         self.adapter = adapter
         self.writing = writing or asyncio.Lock()
@@ -98,6 +113,7 @@ class Worker:
         self.limiter = limiter or AccountLimiter(adapter.name)
         self.metrics = metrics or Metrics()
         self.idle_check = idle_check
+        self.composer = composer
         self._store_failures = 0
         #: A create was sent and its answer not yet recorded: its outcome is unknown if it fails.
         self._in_flight = False
@@ -190,13 +206,21 @@ class Worker:
         except (ValueError, KeyError, TypeError) as error:
             self._dead_letter(delivery, f"the queued post cannot be read ({type(error).__name__})")
             return
-        handlers = {"edit": self._edit, "delete": self._delete}
+        handlers = {
+            "edit": self._edit,
+            "delete": self._delete,
+            "answer": self._answer,
+            "bot_answer": self._bot_answer,
+        }
         handler = handlers.get(delivery.kind, self._create)
         self._in_flight = False
         try:
             done = await handler(delivery, post)
         except Skip as reason:
             self._skip(delivery, str(reason))
+            return
+        except Wait as waiting:
+            self.store.postpone(delivery, str(waiting), time.time() + waiting.seconds)
             return
         except RateLimited as error:
             self._rate_limited(delivery, error)
@@ -363,6 +387,27 @@ class Worker:
         root = reply_to.root if reply_to is not None else refs[0]
         self.store.complete(delivery, refs[0], refs[-1], root)
         return refs[0]
+
+    async def _answer(self, delivery: Delivery, post: Post) -> TargetRef:
+        """A post of ours answering someone's post on this network (`post.reply_to`), which no
+        mapping knows: the network is asked what a reply to it needs."""
+        if post.reply_to is None:
+            raise Skip("the answer names no post to answer")
+        answered = await reply_target(self.adapter, post.reply_to)
+        post = replace(post, reply_to=None, reply_to_author_id=None, thread_root=None)
+        parts = fit_post(post, self.adapter.capabilities, self._options(delivery))
+        refs = await self._publish_parts(delivery, parts, answered)
+        self.store.complete(delivery, refs[0], refs[-1], answered.root)
+        return refs[0]
+
+    async def _bot_answer(self, delivery: Delivery, post: Post) -> TargetRef:
+        """The bot's reply with links to the copies, once they are all done or failed."""
+        if self.composer is None:
+            raise Skip("nothing composes the bot's answers here")
+        answer = self.composer(delivery)
+        if answer is None:
+            raise Wait("waiting for the copies to be done", 0.5)
+        return await self._answer(delivery, answer)
 
     async def _publish_parts(
         self,

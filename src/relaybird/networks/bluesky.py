@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from atproto import AsyncClient, SessionEvent
 from atproto_client.exceptions import (
     AtProtocolError,
@@ -23,8 +24,9 @@ from atproto_client.exceptions import (
     UnauthorizedError,
 )
 
+from relaybird import richtext
 from relaybird.config import BlueskyAccount
-from relaybird.media import image_size
+from relaybird.media import MediaPolicy, image_size
 from relaybird.model import LinkCard, Media, Post, TargetRef
 from relaybird.networks.base import (
     Capabilities,
@@ -76,6 +78,16 @@ class TidClock:
             chars.append(TID_ALPHABET[value & 31])
             value >>= 5
         return "".join(reversed(chars))
+
+
+#: What the SDK raises for a 200 whose body is not the JSON promised (an HTML page, a truncated
+#: body, another shape): its model check, pydantic's JSON parser, or httpx reading the body.
+UNREADABLE_ANSWER: tuple[type[Exception], ...] = (AtProtocolError, ValueError, httpx.HTTPError)
+
+
+def unreadable(name: str, error: Exception) -> TemporaryError:
+    """A temporary error for an answer that could not be read: a proxy or overloaded server."""
+    return TemporaryError(f"{name}: unreadable answer from Bluesky ({type(error).__name__})")
 
 
 def error_name(error: RequestErrorBase) -> str:
@@ -133,6 +145,14 @@ class BlueskyNetwork:
             ) from error
         except RateLimitExceededError as error:
             raise TemporaryError(f"{self.name}: Bluesky login is rate limited") from error
+        except BadRequestError as error:
+            raise PermanentError(
+                f"{self.name}: Bluesky refused the login ({error_name(error)})"
+            ) from error
+        except RequestErrorBase as error:
+            raise TemporaryError(f"{self.name}: Bluesky login failed ({error})") from error
+        except UNREADABLE_ANSWER as error:
+            raise unreadable(self.name, error) from None
         del session
         self.did = self.client._session.did if self.client._session else ""
 
@@ -147,15 +167,20 @@ class BlueskyNetwork:
     async def listen(self, cursor: str | None, sink: EventSink) -> None:
         from relaybird.networks.bluesky_inbound import BlueskyListener
 
+        pds_url = self.pds_url()
+        # `media_hosts` (a list of host entries, see MediaPolicy) once the config has the key.
+        extra_hosts = getattr(self.account, "media_hosts", None) or ()
         listener = BlueskyListener(
             self.name,
             self.client,
             self.did,
             self.handle,
             mode=self.account.stream,
-            pds_url=self.account.firehose_url or self.pds_url(),
+            pds_url=pds_url,
+            firehose_url=self.account.firehose_url,
             jetstream_url=self.account.jetstream_url,
             poll_interval=float(self.account.poll_interval),
+            media_policy=MediaPolicy.of(pds_url, extra_hosts=extra_hosts),
         )
         await listener.run(cursor, sink)
 
@@ -176,6 +201,8 @@ class BlueskyNetwork:
             raise TemporaryError(f"{self.name}: network error ({type(error).__name__})") from error
         except RequestErrorBase as error:
             raise PermanentError(f"{self.name}: delete refused ({error_name(error)})") from error
+        except UNREADABLE_ANSWER as error:
+            raise unreadable(self.name, error) from None
 
     def new_key(self) -> str:
         return self.tids.next()
@@ -183,6 +210,9 @@ class BlueskyNetwork:
     async def publish(
         self, post: Post, reply_to: ReplyTarget | None, key: str, retrying: bool
     ) -> TargetRef:
+        """Create the record under `key`; an answer that cannot be read is retried, and the retry
+        first asks whether the key landed, so a post is never created twice."""
+        post = richtext.clean_post(post)
         try:
             if retrying:
                 existing = await self._existing(key)
@@ -211,6 +241,8 @@ class BlueskyNetwork:
             raise TemporaryError(f"{self.name}: network error ({type(error).__name__})") from error
         except RequestErrorBase as error:
             raise TemporaryError(f"{self.name}: Bluesky answered {error}") from error
+        except UNREADABLE_ANSWER as error:
+            raise unreadable(self.name, error) from None
 
     def _ref(self, uri: str, cid: str) -> TargetRef:
         rkey = uri.rsplit("/", 1)[-1]

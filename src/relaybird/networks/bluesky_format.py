@@ -8,6 +8,7 @@ keeps byte arithmetic out of the rest of the code.
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -15,6 +16,16 @@ import libipld
 
 from relaybird import richtext
 from relaybird.model import Author, LinkCard, Media, Post, Span, SpanKind, Visibility
+from relaybird.richtext import PayloadError, as_dict, as_dicts, as_int, as_text, bounded_text
+
+__all__ = [
+    "PayloadError",
+    "ipld_to_json",
+    "measure_bluesky",
+    "post_to_record_text",
+    "profile_url",
+    "record_to_post",
+]
 
 NETWORK = "bluesky"
 BLUESKY_MAX_GRAPHEMES = 300
@@ -78,13 +89,12 @@ def _valid_tag(tag: str) -> bool:
     )
 
 
-def _facet(text: str, start: int, end: int, feature: dict[str, Any]) -> dict[str, Any]:
+def _facet(
+    offsets: richtext.OffsetTable, start: int, end: int, feature: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "$type": FACET,
-        "index": {
-            "byteStart": richtext.utf8_offset(text, start),
-            "byteEnd": richtext.utf8_offset(text, end),
-        },
+        "index": {"byteStart": offsets.offset(start), "byteEnd": offsets.offset(end)},
         "features": [feature],
     }
 
@@ -98,6 +108,7 @@ def post_to_record_text(post: Post) -> tuple[str, list[dict[str, Any]]]:
     facet, since nothing on Bluesky would make it clickable otherwise. Facets come sorted and never
     overlap.
     """
+    post = richtext.clean_post(post)
     text = post.text
     spans = richtext.normalize_spans(text, post.spans)
     ranges: list[tuple[int, int, dict[str, Any]]] = []
@@ -105,15 +116,20 @@ def post_to_record_text(post: Post) -> tuple[str, list[dict[str, Any]]]:
         feature = _feature(text, span) if span.kind in richtext.ATOMIC_KINDS else None
         if feature is not None and (not ranges or span.start >= ranges[-1][1]):
             ranges.append((span.start, span.end, feature))
+    taken = [(start, end) for start, end, _ in ranges]
     for start, end in richtext.find_urls(text):
-        if not any(s < end and start < e for s, e, _ in ranges):
+        if not richtext.overlaps_any(taken, start, end):
             ranges.append((start, end, {"$type": LINK, "uri": text[start:end]}))
     ranges.sort(key=lambda item: item[0])
-    return text, [_facet(text, start, end, feature) for start, end, feature in ranges]
+    offsets = richtext.OffsetTable.utf8(text)
+    return text, [_facet(offsets, start, end, feature) for start, end, feature in ranges]
 
 
 # --------------------------------------------------------------------------------------------------
 # inbound
+
+
+_CID = re.compile(r"[A-Za-z0-9]{8,128}")
 
 
 def _did_of(at_uri: str) -> str:
@@ -123,17 +139,18 @@ def _did_of(at_uri: str) -> str:
 
 def _facet_spans(text: str, facets: list[dict[str, Any]]) -> list[Span]:
     """Facets back to spans; a facet whose bytes fall inside a character of the text is ignored."""
+    offsets = richtext.OffsetTable.utf8(text)
     spans: list[Span] = []
     for facet in facets:
-        index = facet.get("index") or {}
+        index = as_dict(facet.get("index"))
+        byte_start, byte_end = as_int(index.get("byteStart")), as_int(index.get("byteEnd"))
+        if byte_start is None or byte_end is None or byte_start >= byte_end:
+            continue
         try:
-            start = richtext.utf8_index(text, int(index["byteStart"]))
-            end = richtext.utf8_index(text, int(index["byteEnd"]))
-        except (KeyError, TypeError, ValueError):
+            start, end = offsets.index(byte_start), offsets.index(byte_end)
+        except ValueError:
             continue
-        if start >= end:
-            continue
-        for feature in facet.get("features") or []:
+        for feature in as_dicts(facet.get("features")):
             span = _feature_span(text[start:end], start, end, feature)
             if span is not None:
                 spans.append(span)
@@ -142,76 +159,99 @@ def _facet_spans(text: str, facets: list[dict[str, Any]]) -> list[Span]:
 
 def _feature_span(shown: str, start: int, end: int, feature: dict[str, Any]) -> Span | None:
     kind = feature.get("$type")
-    if kind == LINK and feature.get("uri"):
-        return Span(start, end, SpanKind.LINK, url=str(feature["uri"]))
-    if kind == MENTION and feature.get("did"):
-        did = str(feature["did"])
+    if kind == LINK and as_text(feature.get("uri")):
+        return Span(start, end, SpanKind.LINK, url=as_text(feature.get("uri")))
+    if kind == MENTION and as_text(feature.get("did")):
+        did = as_text(feature.get("did"))
         handle = shown.lstrip("@") if shown.startswith("@") else ""
         return Span(
             start, end, SpanKind.MENTION, url=profile_url(handle or did), handle=handle, did=did
         )
-    if kind == TAG and feature.get("tag"):
-        return Span(start, end, SpanKind.HASHTAG, tag=str(feature["tag"]))
+    if kind == TAG and as_text(feature.get("tag")):
+        return Span(start, end, SpanKind.HASHTAG, tag=as_text(feature.get("tag")))
     return None
 
 
-def _blob_url(pds_url: str, did: str, blob: dict[str, Any]) -> str:
+def _blob_url(pds_url: str, did: str, blob: dict[str, Any]) -> str | None:
+    """Where `getBlob` serves a blob, or None when the blob names no CID one could ask for."""
     ref = blob.get("ref")
-    cid = ref.get("$link") if isinstance(ref, dict) else blob.get("cid")
-    return f"{pds_url.rstrip('/')}/xrpc/com.atproto.sync.getBlob?did={did}&cid={cid}"
+    cid = as_text(ref.get("$link")) if isinstance(ref, dict) else as_text(blob.get("cid"))
+    if not _CID.fullmatch(cid):
+        return None
+    query = f"did={quote(did, safe=':')}&cid={cid}"
+    return f"{pds_url.rstrip('/')}/xrpc/com.atproto.sync.getBlob?{query}"
 
 
-def _embedded_media(embed: dict[str, Any] | None) -> list[tuple[dict[str, Any], str]]:
+def _embedded_media(embed: Any) -> list[tuple[dict[str, Any], str]]:
     """Every (blob, alt) of an embed, looking inside a quote-with-media."""
-    if not embed:
+    if not isinstance(embed, dict):
         return []
     kind = embed.get("$type")
     if kind == "app.bsky.embed.images":
-        return [(item["image"], str(item.get("alt") or "")) for item in embed.get("images") or []]
+        return _blobs(as_dicts(embed.get("images")))
     if kind == "app.bsky.embed.gallery":
-        return [(item["image"], str(item.get("alt") or "")) for item in embed.get("items") or []]
-    if kind == "app.bsky.embed.video" and embed.get("video"):
-        return [(embed["video"], str(embed.get("alt") or ""))]
+        return _blobs(as_dicts(embed.get("items")))
+    if kind == "app.bsky.embed.video" and isinstance(embed.get("video"), dict):
+        return [(embed["video"], as_text(embed.get("alt")))]
     if kind == "app.bsky.embed.recordWithMedia":
         return _embedded_media(embed.get("media"))
     return []
 
 
-def _external_card(
-    embed: dict[str, Any] | None, pds_url: str, did: str, sensitive: bool
-) -> LinkCard | None:
+def _blobs(items: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+    return [
+        (item["image"], as_text(item.get("alt")))
+        for item in items
+        if isinstance(item.get("image"), dict)
+    ]
+
+
+def _blob_media(
+    blob: dict[str, Any], alt: str, pds_url: str, did: str, sensitive: bool
+) -> Media | None:
+    url = _blob_url(pds_url, did, blob)
+    if url is None:
+        return None
+    return Media(
+        mime=as_text(blob.get("mimeType")) or "application/octet-stream",
+        alt=alt,
+        url=url,
+        sensitive=sensitive,
+    )
+
+
+def _external_card(embed: Any, pds_url: str, did: str, sensitive: bool) -> LinkCard | None:
     """The link preview of an external embed (also inside a quote-with-media), if there is one."""
-    if not embed:
+    if not isinstance(embed, dict):
         return None
     if embed.get("$type") == "app.bsky.embed.recordWithMedia":
         return _external_card(embed.get("media"), pds_url, did, sensitive)
     if embed.get("$type") != "app.bsky.embed.external":
         return None
-    external = embed.get("external") or {}
-    if not external.get("uri"):
+    external = as_dict(embed.get("external"))
+    if not as_text(external.get("uri")):
         return None
     thumb = external.get("thumb")
     return LinkCard(
-        url=str(external["uri"]),
-        title=str(external.get("title") or ""),
-        description=str(external.get("description") or ""),
-        thumb=Media(
-            mime=str(thumb.get("mimeType") or "application/octet-stream"),
-            url=_blob_url(pds_url, did, thumb),
-            sensitive=sensitive,
-        )
-        if isinstance(thumb, dict)
-        else None,
+        url=as_text(external.get("uri")),
+        title=as_text(external.get("title")),
+        description=as_text(external.get("description")),
+        thumb=_blob_media(thumb, "", pds_url, did, sensitive) if isinstance(thumb, dict) else None,
     )
 
 
 def _labels(record: dict[str, Any]) -> set[str]:
-    labels = record.get("labels") or {}
-    return {str(item.get("val")) for item in labels.get("values") or [] if isinstance(item, dict)}
+    labels = as_dict(record.get("labels"))
+    return {as_text(item.get("val")) for item in as_dicts(labels.get("values"))}
+
+
+def _ref_uri(reply: dict[str, Any], which: str) -> str | None:
+    uri = as_text(as_dict(reply.get(which)).get("uri"))
+    return uri if uri.startswith("at://") and len(uri) <= richtext.MAX_ID_LENGTH else None
 
 
 def record_to_post(
-    uri: str, cid: str, record: dict[str, Any], author_handle: str, *, pds_url: str = ""
+    uri: str, cid: str, record: Any, author_handle: str, *, pds_url: str = ""
 ) -> Post:
     """A post record as a neutral Post; `uri` is its at-uri and becomes the Post's id.
 
@@ -220,43 +260,61 @@ def record_to_post(
     author's PDS, which the caller knows from the session or the DID document; fetching the bytes
     is the caller's job. Bluesky's self-labels mark the post sensitive; Bluesky has no
     content-warning text.
+
+    Unknown fields are ignored, optional ones of the wrong type read as absent, and facets that do
+    not fall on character boundaries of the text are dropped. A record that is not an object, whose
+    `text` is not a string or is over `richtext.MAX_TEXT_CHARS`, or an `uri` that is no at-uri
+    raises `PayloadError`, the only error this raises.
     """
     del cid
+    if not isinstance(record, dict):
+        raise PayloadError("a post record must be a JSON object")
+    if not isinstance(uri, str) or not uri.startswith("at://did:") or len(uri) > 1024:
+        raise PayloadError("the record's at-uri is not one")
+    try:
+        return richtext.clean_post(_record_to_post(uri, record, author_handle, pds_url))
+    except PayloadError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as error:
+        raise PayloadError(f"record {uri} could not be read ({type(error).__name__})") from None
+
+
+def _record_to_post(uri: str, record: dict[str, Any], author_handle: str, pds_url: str) -> Post:
     did = _did_of(uri)
-    text = str(record.get("text") or "")
+    text = record.get("text", "")
+    if not isinstance(text, str):
+        raise PayloadError(f"record {uri} has a text that is not a string")
+    bounded_text(text, f"record {uri}")
     sensitive = bool(_labels(record) & SENSITIVE_LABELS)
-    reply = record.get("reply") or {}
-    parent = str((reply.get("parent") or {}).get("uri") or "") or None
-    root = str((reply.get("root") or {}).get("uri") or "") or None
-    langs = record.get("langs") or []
+    reply = as_dict(record.get("reply"))
+    parent = _ref_uri(reply, "parent")
+    langs = record.get("langs")
+    language = as_text(langs[0]) if isinstance(langs, list) and langs else ""
     rkey = uri.rstrip("/").rsplit("/", 1)[-1]
+    author_handle = as_text(author_handle)
+    embedded = (
+        _blob_media(blob, alt, pds_url, did, sensitive)
+        for blob, alt in _embedded_media(record.get("embed"))
+    )
     return Post(
         id=uri,
         text=text,
-        spans=_facet_spans(text, list(record.get("facets") or [])),
-        media=[
-            Media(
-                mime=str(blob.get("mimeType") or "application/octet-stream"),
-                alt=alt,
-                url=_blob_url(pds_url, did, blob),
-                sensitive=sensitive,
-            )
-            for blob, alt in _embedded_media(record.get("embed"))
-        ],
+        spans=_facet_spans(text, as_dicts(record.get("facets"))),
+        media=[item for item in embedded if item is not None],
         reply_to=parent,
         reply_to_author_id=_did_of(parent) if parent else None,
-        thread_root=root,
+        thread_root=_ref_uri(reply, "root") if parent else None,
         sensitive=sensitive,
-        language=str(langs[0]) if langs else None,
+        language=language or None,
         visibility=Visibility.PUBLIC,
-        permalink=f"{profile_url(author_handle or did)}/post/{rkey}",
+        permalink=f"{profile_url(author_handle or did)}/post/{quote(rkey, safe='')}",
         author=Author(
             network=NETWORK,
             handle=author_handle,
             url=profile_url(author_handle or did),
             id=did,
         ),
-        created_at=str(record.get("createdAt") or ""),
+        created_at=as_text(record.get("createdAt")),
         card=_external_card(record.get("embed"), pds_url, did, sensitive),
     )
 
@@ -289,16 +347,23 @@ def _cid_string(data: bytes) -> str | None:
     return None
 
 
-def ipld_to_json(value: Any) -> Any:
+#: Records are shallow; anything nested deeper is refused rather than followed to the stack's end.
+MAX_IPLD_DEPTH = 128
+
+
+def ipld_to_json(value: Any, depth: int = 0) -> Any:
     """A record decoded from a repo's DAG-CBOR block, in the JSON form the XRPC API answers with.
 
     Links become `{"$link": cid}` and byte strings `{"$bytes": base64}` (no padding), so a record
     taken off the firehose looks exactly like the one `getRecord` or Jetstream gives, blobs included.
+    Nesting deeper than `MAX_IPLD_DEPTH` raises `PayloadError`.
     """
+    if depth > MAX_IPLD_DEPTH:
+        raise PayloadError(f"record nested deeper than {MAX_IPLD_DEPTH} levels")
     if isinstance(value, dict):
-        return {str(key): ipld_to_json(item) for key, item in value.items()}
+        return {str(key): ipld_to_json(item, depth + 1) for key, item in value.items()}
     if isinstance(value, list):
-        return [ipld_to_json(item) for item in value]
+        return [ipld_to_json(item, depth + 1) for item in value]
     if isinstance(value, bytes | bytearray):
         link = _cid_string(bytes(value))
         if link is not None:

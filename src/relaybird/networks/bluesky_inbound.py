@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import re
@@ -50,10 +49,11 @@ from atproto import (
 from atproto_client.exceptions import AtProtocolError
 from websockets.exceptions import ConnectionClosedOK
 
-from relaybird.media import MediaError, download
+from relaybird.media import MediaFetcher, MediaPolicy
 from relaybird.model import Author, Event, EventKind, LinkCard, Media, Post
 from relaybird.networks.base import EventSink
 from relaybird.networks.bluesky_format import NETWORK, ipld_to_json, record_to_post
+from relaybird.richtext import PayloadError, as_dict, as_int, as_text, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ TID_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
 #: The smallest TID: the cursor of an empty repo, so that its first post counts as new.
 TID_ZERO = "2222222222222"
 _TID = re.compile(r"^[234567abcdefghij][234567abcdefghijklmnopqrstuvwxyz]{12}$")
+#: Record keys as the AT Protocol allows them (`.` and `..` excepted).
+_RKEY = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._:~-]{1,512}")
 
 
 class StreamLost(Exception):
@@ -84,10 +86,13 @@ def backoff_delay(failures: int, base: float, cap: float) -> float:
 
 
 def firehose_base(pds_url: str) -> str:
-    """`ws(s)://host/xrpc` for a PDS given as `http(s)://host`: where `subscribeRepos` lives."""
+    """`ws(s)://host/xrpc` for a PDS given as `http(s)://host` (or a relay's `wss://host/xrpc`):
+    where `subscribeRepos` lives."""
     parts = urlsplit(pds_url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, f"{parts.path.rstrip('/')}/xrpc", "", ""))
+    path = parts.path.rstrip("/")
+    path = path if path.endswith("/xrpc") else f"{path}/xrpc"
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
 def _at_uri(did: str, collection: str, rkey: str) -> str:
@@ -118,6 +123,8 @@ class Context:
     pds_url: str
     sink: EventSink
     http: aiohttp.ClientSession
+    media: MediaFetcher
+    firehose_url: str = ""
     opened_at: float | None = None
     delivered: bool = False
 
@@ -152,7 +159,7 @@ class Emitter:
         uri = _at_uri(context.did, POST_COLLECTION, rkey)
         try:
             post = record_to_post(uri, cid, record, context.handle, pds_url=context.pds_url)
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
+        except PayloadError as error:
             log.warning("%s: record %s could not be read (%s); skipped", context.name, uri, error)
             context.sink.save_cursor(context.name, cursor)
             return
@@ -186,11 +193,7 @@ class Emitter:
 
     async def _fetch(self, item: Media) -> Media:
         """The blob's bytes; a blob that cannot be fetched leaves its URL for the target to link."""
-        try:
-            return replace(item, data=await download(self.context.http, item.url))
-        except MediaError as error:
-            log.warning("%s: %s", self.context.name, error)
-            return item
+        return await self.context.media.fetch(item)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -260,7 +263,7 @@ class FirehoseSource:
     async def once(self) -> None:
         self.callback_error = None
         connection = _FirehoseConnection(
-            firehose_base(self.context.pds_url),
+            firehose_base(self.context.firehose_url or self.context.pds_url),
             self.seq,
             self.keepalive,
             lambda: self.context.opened("firehose open"),
@@ -321,10 +324,22 @@ class FirehoseSource:
             commit = parse_subscribe_repos_message(frame)
             ops = [op for op in commit.ops if str(op.path).startswith(f"{POST_COLLECTION}/")]
             blocks = CAR.from_bytes(commit.blocks).blocks if ops and not commit.too_big else {}
-        except (ValueError, TypeError, KeyError, AtProtocolError) as error:
+        except (
+            ValueError,
+            TypeError,
+            KeyError,
+            AttributeError,
+            IndexError,
+            RecursionError,
+            AtProtocolError,
+        ) as error:
             log.warning(
-                "%s: unreadable commit at seq %s skipped (%s)", self.context.name, seq, error
+                "%s: unreadable commit at seq %s skipped (%s)",
+                self.context.name,
+                seq,
+                type(error).__name__,
             )
+            self.context.sink.save_cursor(self.context.name, str(seq))
             return
         if ops and commit.too_big:
             log.warning("%s: commit %s too big to carry its records", self.context.name, commit.rev)
@@ -332,6 +347,12 @@ class FirehoseSource:
         for index, op in enumerate(ops):
             cursor = str(seq if index == len(ops) - 1 else seq - 1)
             rkey = str(op.path).split("/", 1)[1]
+            if not _RKEY.fullmatch(rkey):
+                log.warning(
+                    "%s: commit %s has an invalid record key; skipped", self.context.name, seq
+                )
+                self.context.sink.save_cursor(self.context.name, cursor)
+                continue
             if op.action == "delete":
                 await self.emitter.delete(rkey, cursor)
                 continue
@@ -342,9 +363,13 @@ class FirehoseSource:
                 )
                 continue
             version = str(commit.rev) if op.action == "update" else ""
-            await self.emitter.record(
-                op.action, rkey, str(op.cid), ipld_to_json(block), cursor, version
-            )
+            try:
+                record = ipld_to_json(block)
+            except PayloadError as error:
+                log.warning("%s: record %s skipped: %s", self.context.name, rkey, error)
+                self.context.sink.save_cursor(self.context.name, cursor)
+                continue
+            await self.emitter.record(op.action, rkey, str(op.cid), record, cursor, version)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -424,41 +449,62 @@ class JetstreamSource:
         log.info("%s: first start; mirroring posts from now on", self.context.name)
 
     async def _on_text(self, data: str) -> None:
+        """One Jetstream event; a malformed one is skipped, and the cursor moves past it.
+
+        Only an event whose `time_us` cannot be read is skipped without moving the cursor: there
+        is nothing to move it to, and the replay after a reconnect skips it again.
+        """
         try:
-            event = json.loads(data)
-            time_us = int(event["time_us"])
-        except (ValueError, KeyError, TypeError):
-            log.warning("%s: unreadable Jetstream event skipped", self.context.name)
+            event = parse_json(data)
+            if not isinstance(event, dict):
+                raise PayloadError("the event is not a JSON object")
+            time_us = as_int(event.get("time_us"))
+            if time_us is None or time_us <= 0:
+                raise PayloadError("the event has no time_us")
+        except PayloadError as error:
+            log.warning("%s: unreadable Jetstream event skipped (%s)", self.context.name, error)
             return
         if self.time_us is not None and time_us <= self.time_us:
             return
         if event.get("did") != self.context.did:
             return
-        kind = event.get("kind")
-        commit = event.get("commit")
-        if kind == "identity" and (event.get("identity") or {}).get("handle"):
-            self.context.handle = str(event["identity"]["handle"])
-        if kind == "commit" and isinstance(commit, dict):
-            await self._on_commit(commit, str(max(time_us, self.floor or 0)))
+        cursor = str(max(time_us, self.floor or 0))
+        try:
+            await self._on_event(event, cursor)
+        except PayloadError as error:
+            log.warning("%s: Jetstream event %s skipped: %s", self.context.name, time_us, error)
+            self.context.sink.save_cursor(self.context.name, cursor)
         self.time_us = time_us
+
+    async def _on_event(self, event: dict[str, Any], cursor: str) -> None:
+        kind = event.get("kind")
+        if kind == "identity":
+            handle = as_text(as_dict(event.get("identity")).get("handle"))
+            if handle:
+                self.context.handle = handle
+        commit = event.get("commit")
+        if kind == "commit" and isinstance(commit, dict):
+            await self._on_commit(commit, cursor)
 
     async def _on_commit(self, commit: dict[str, Any], cursor: str) -> None:
         if commit.get("collection") != POST_COLLECTION:
             return
-        rkey = str(commit.get("rkey") or "")
+        rkey = as_text(commit.get("rkey"))
+        if not _RKEY.fullmatch(rkey):
+            raise PayloadError("the commit has no valid record key")
         operation = commit.get("operation")
         if operation == "delete":
             await self.emitter.delete(rkey, cursor)
-        elif operation in ("create", "update") and isinstance(commit.get("record"), dict):
-            version = str(commit.get("rev") or "") if operation == "update" else ""
-            await self.emitter.record(
-                str(operation),
-                rkey,
-                str(commit.get("cid") or ""),
-                commit["record"],
-                cursor,
-                version,
-            )
+            return
+        if operation not in ("create", "update"):
+            raise PayloadError("the commit's operation is not create, update or delete")
+        record = commit.get("record")
+        if not isinstance(record, dict):
+            raise PayloadError(f"the {operation} of {rkey} carries no record")
+        version = as_text(commit.get("rev")) if operation == "update" else ""
+        await self.emitter.record(
+            str(operation), rkey, as_text(commit.get("cid")), record, cursor, version
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -469,6 +515,15 @@ def tid_for(micros: int, clock_id: int = 0) -> str:
     """The record key (TID) of a moment in microseconds: 13 base32 characters that sort by time."""
     value = (micros << 10) | clock_id
     return "".join(TID_ALPHABET[(value >> shift) & 31] for shift in range(60, -1, -5))
+
+
+def _record_value(record: Any) -> dict[str, Any] | None:
+    """A listed record's value as JSON; the SDK hands a record it cannot validate as a DotDict."""
+    try:
+        value = models.get_model_as_dict(record.value)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class PollSource:
@@ -505,13 +560,12 @@ class PollSource:
                 log.info("%s: first start; mirroring posts from now on", self.context.name)
             else:
                 for rkey, record in sorted(newer, key=lambda item: item[0]):
-                    await self.emitter.record(
-                        "create",
-                        rkey,
-                        str(record.cid),
-                        models.get_model_as_dict(record.value),
-                        rkey,
-                    )
+                    value = _record_value(record)
+                    if value is None:
+                        log.warning("%s: record %s is no object; skipped", self.context.name, rkey)
+                        self.context.sink.save_cursor(self.context.name, rkey)
+                    else:
+                        await self.emitter.record("create", rkey, str(record.cid), value, rkey)
                     self.rkey = rkey
             await asyncio.sleep(self.interval)
 
@@ -564,7 +618,11 @@ class BlueskyListener:
         jetstream_margin: float = 2.0,
         reconnect_base: float = 1.0,
         reconnect_max: float = 300.0,
+        firehose_url: str = "",
+        media_policy: MediaPolicy | None = None,
     ) -> None:
+        """`pds_url` is where the account's blobs are fetched (and, without a `firehose_url`,
+        its firehose); media come from that host only unless `media_policy` says otherwise."""
         if mode not in MODES:
             raise ValueError(f"unknown Bluesky listening mode {mode!r}; use one of {MODES}")
         self.name = name
@@ -579,6 +637,8 @@ class BlueskyListener:
         self.jetstream_margin = jetstream_margin
         self.reconnect_base = reconnect_base
         self.reconnect_max = reconnect_max
+        self.firehose_url = firehose_url
+        self.media_policy = media_policy or MediaPolicy.of(self.pds_url)
 
     def _source(
         self, context: Context, cursor: str | None
@@ -595,7 +655,16 @@ class BlueskyListener:
         """Listen until cancelled, reconnecting with backoff; health goes to `sink.set_connected`."""
         try:
             async with aiohttp.ClientSession() as http:
-                context = Context(self.name, self.did, self.handle, self.pds_url, sink, http)
+                context = Context(
+                    self.name,
+                    self.did,
+                    self.handle,
+                    self.pds_url,
+                    sink,
+                    http,
+                    MediaFetcher(http, self.media_policy, self.name),
+                    self.firehose_url,
+                )
                 await self._loop(self._source(context, cursor), context)
         except asyncio.CancelledError:
             sink.set_connected(self.name, False, "stopped")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
 import random
+import re
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import aiohttp
@@ -29,11 +29,10 @@ from mastodon.errors import (
     MastodonServerError,
     MastodonUnauthorizedError,
 )
-from PIL import Image
 
 from relaybird import richtext
 from relaybird.config import MastodonAccount
-from relaybird.media import MediaError, download
+from relaybird.media import MediaFetcher, MediaPolicy
 from relaybird.model import Event, EventKind, LinkCard, Media, Post, Span, TargetRef
 from relaybird.networks.base import (
     Capabilities,
@@ -44,6 +43,16 @@ from relaybird.networks.base import (
     TemporaryError,
 )
 from relaybird.networks.mastodon_format import post_to_status_text, status_to_post
+from relaybird.richtext import (
+    PayloadError,
+    as_dict,
+    as_dicts,
+    as_id,
+    as_int,
+    as_text,
+    parse_json,
+    required_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,30 +68,121 @@ def id_order(status_id: str) -> tuple[int, str]:
     return (len(status_id), status_id)
 
 
+#: An event bigger than this is dropped unread: no status comes near it.
+MAX_SSE_EVENT_BYTES = 8 * 1024 * 1024
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
 @dataclass(frozen=True)
 class SseMessage:
+    """One server-sent event; `oversized` when it went over the size limit and was dropped."""
+
     event: str
     data: str
+    oversized: bool = False
 
 
-async def read_sse(lines: AsyncIterable[bytes]) -> AsyncIterator[SseMessage]:
-    """Server-sent events: `event:`/`data:` fields up to a blank line; `:` lines are heartbeats."""
-    event, data = "message", list[str]()
-    async for raw in lines:
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-        if not line:
-            if data:
-                yield SseMessage(event, "\n".join(data))
-            event, data = "message", []
-        elif line.startswith(":"):
-            continue
-        else:
-            field, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if field == "event":
-                event = value
-            elif field == "data":
-                data.append(value)
+class _SseLines:
+    """Splits a byte stream into lines (CRLF, LF or CR), whatever the chunking.
+
+    A line longer than the limit is not kept: its bytes are dropped as they come and the line is
+    reported as `None`, so that one huge event costs no more memory than the limit.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.buffer = bytearray()
+        self.dropping = False
+
+    def feed(self, chunk: bytes) -> list[bytes | None]:
+        self.buffer += chunk
+        lines: list[bytes | None] = []
+        start = 0
+        while (found := _LINE_END.search(self.buffer, start)) is not None:
+            if found.group() == b"\r" and found.end() == len(self.buffer):
+                break  # maybe the first half of a CRLF split between chunks
+            lines.append(None if self.dropping else bytes(self.buffer[start : found.start()]))
+            self.dropping = False
+            start = found.end()
+        del self.buffer[:start]
+        if len(self.buffer) > self.limit:
+            self.buffer.clear()
+            self.dropping = True
+        return lines
+
+
+@dataclass
+class _SseEvent:
+    limit: int
+    event: str = "message"
+    data: list[str] = field(default_factory=list)
+    size: int = 0
+    oversized: bool = False
+
+    def add(self, line: bytes | None) -> None:
+        if line is None:
+            self.oversized = True
+            return
+        text = line.decode("utf-8", errors="replace")
+        if text.startswith(":"):
+            return
+        name, _, value = text.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self.event = value
+        elif name == "data" and not self.oversized:
+            self.size += len(line)
+            self.data.append(value)
+            if self.size > self.limit:
+                self.data, self.oversized = [], True
+
+    def message(self) -> SseMessage | None:
+        if self.oversized:
+            return SseMessage(self.event, "", oversized=True)
+        return SseMessage(self.event, "\n".join(self.data)) if self.data else None
+
+
+async def read_sse(
+    chunks: AsyncIterable[bytes], max_event_bytes: int = MAX_SSE_EVENT_BYTES
+) -> AsyncIterator[SseMessage]:
+    """Server-sent events: `event:`/`data:` fields up to a blank line; `:` lines are heartbeats.
+
+    Reads any chunking of the stream (a line may span chunks); invalid UTF-8 becomes U+FFFD. An
+    event over `max_event_bytes` is yielded as `oversized` without its data, and never held in
+    memory, so that the caller can log it and move on. An event the stream ends in the middle of
+    is not dispatched (as the SSE standard says). Never raises for what the server sends.
+    """
+    lines = _SseLines(max_event_bytes)
+    event = _SseEvent(max_event_bytes)
+    async for chunk in chunks:
+        for line in lines.feed(chunk):
+            if line == b"":
+                found = event.message()
+                if found is not None:
+                    yield found
+                event = _SseEvent(max_event_bytes)
+            else:
+                event.add(line)
+
+
+def _short(text: str, limit: int = 160) -> str:
+    """One line of an error for logs and the dead-letter reason, never a whole response body."""
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _unreadable_answer(error: MastodonAPIError) -> bool:
+    """Mastodon.py raises a bare MastodonAPIError (no status code) for a body it cannot parse."""
+    first = error.args[0] if error.args else ""
+    return isinstance(first, str) and first.startswith("Could not parse response as JSON")
+
+
+def _status_ref(status: Any, fallback_url: str = "") -> TargetRef:
+    """Where a created or edited status landed; a 200 without a status in it is retried."""
+    status_id = as_id(status.get("id")) if isinstance(status, dict) else None
+    if status_id is None:
+        raise TemporaryError("Mastodon answered without a status id")
+    return TargetRef(id=status_id, url=as_text(status.get("url")) or fallback_url)
 
 
 class MastodonNetwork:
@@ -105,42 +205,67 @@ class MastodonNetwork:
         self.capabilities = self._capabilities({})
         self.me: dict[str, Any] = {}
         self.streaming_base = self.base_url
+        # `media_hosts` (a list of host entries, see MediaPolicy) once the config has the key.
+        self.media_policy = MediaPolicy.of(
+            self.base_url, extra_hosts=getattr(account, "media_hosts", None) or ()
+        )
         self._http: aiohttp.ClientSession | None = None
+        self._media: MediaFetcher | None = None
 
     # lifecycle
 
     @staticmethod
     def _capabilities(configuration: dict[str, Any]) -> Capabilities:
-        statuses = configuration.get("statuses", {})
-        media = configuration.get("media_attachments", {})
-        url_weight = int(statuses.get("characters_reserved_per_url", 23))
+        statuses = as_dict(configuration.get("statuses"))
+        media = as_dict(configuration.get("media_attachments"))
+        url_weight = _positive(statuses.get("characters_reserved_per_url"), 23)
 
         def measure(text: str, spans: list[Span]) -> int:
             return richtext.count_mastodon(text, spans, url_weight=url_weight)
 
         return Capabilities(
-            max_text=int(statuses.get("max_characters", 500)),
+            max_text=_positive(statuses.get("max_characters"), 500),
             measure=measure,
-            max_media=int(statuses.get("max_media_attachments", 4)),
-            max_image_bytes=int(media.get("image_size_limit", 16 * 1024 * 1024)),
+            max_media=_positive(statuses.get("max_media_attachments"), 4),
+            max_image_bytes=_positive(media.get("image_size_limit"), 16 * 1024 * 1024),
             content_warning_field=True,
         )
 
     async def open(self) -> None:
         self._http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self._token}"})
-        self.me = dict(await self._call(self.client.account_verify_credentials))
-        instance = await self._get_json("/api/v2/instance")
-        configuration = instance.get("configuration", {})
+        me = await self._call(self.client.account_verify_credentials)
+        if not isinstance(me, dict) or as_id(me.get("id")) is None:
+            raise TemporaryError(f"{self.name}: verify_credentials answered without an account")
+        self.me = dict(me)
+        instance = as_dict(await self._get_json("/api/v2/instance"))
+        configuration = as_dict(instance.get("configuration"))
         self.capabilities = self._capabilities(configuration)
-        streaming = configuration.get("urls", {}).get("streaming")
+        streaming = as_text(as_dict(configuration.get("urls")).get("streaming"))
         if streaming:
             self.streaming_base = (
-                str(streaming).rstrip("/").replace("wss://", "https://").replace("ws://", "http://")
+                streaming.rstrip("/").replace("wss://", "https://").replace("ws://", "http://")
             )
+        self.media_policy = self.media_policy.with_hosts(*self._media_hosts(instance))
+        # Media hosts (a CDN) get no access token: a session of their own, without it.
+        self._media = MediaFetcher(aiohttp.ClientSession(), self.media_policy, self.name)
+
+    def _media_hosts(self, instance: dict[str, Any]) -> list[str]:
+        """Where this server keeps its media: the hosts of its own thumbnail and our avatar.
+
+        A server with a CDN (S3_ALIAS_HOST) serves every attachment from that host; the instance
+        thumbnail and the account's own avatar and header live there too, which is how it is
+        learnt without trusting any URL a status carries.
+        """
+        thumbnail = as_dict(instance.get("thumbnail"))
+        urls = [as_text(thumbnail.get("url"))]
+        urls += [as_text(self.me.get(key)) for key in ("avatar", "avatar_static", "header")]
+        return [url for url in urls if url]
 
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
+        if self._media is not None:
+            await self._media.session.close()
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -148,7 +273,14 @@ class MastodonNetwork:
             raise RuntimeError("the Mastodon adapter was not opened")
         return self._http
 
+    @property
+    def media(self) -> MediaFetcher:
+        if self._media is None:
+            raise RuntimeError("the Mastodon adapter was not opened")
+        return self._media
+
     async def _get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
+        """GET an API path; a refusal or an answer that is not JSON is an error the caller knows."""
         async with self.http.get(self.base_url + path, params=params) as response:
             if response.status in (401, 403):
                 raise PermanentError(
@@ -158,7 +290,10 @@ class MastodonNetwork:
                 raise RateLimited(f"{self.name}: rate limited", time.time() + 60)
             if response.status >= 400:
                 raise TemporaryError(f"{self.name}: GET {path} answered {response.status}")
-            return await response.json(content_type=None)
+            try:
+                return parse_json(await response.read())
+            except PayloadError as error:
+                raise TemporaryError(f"{self.name}: GET {path} answered {error}") from None
 
     # inbound
 
@@ -198,66 +333,93 @@ class MastodonNetwork:
             else:
                 await self._catch_up(sink)
             sink.set_connected(self.name, True, "streaming")
-            async for message in read_sse(response.content):
+            async for message in read_sse(response.content.iter_any()):
                 await self._on_stream_message(message, sink)
 
     async def _set_baseline(self, sink: EventSink) -> None:
         """On the very first start nothing from the past is mirrored: remember where now is."""
         latest = await self._get_json(f"/api/v1/accounts/{self.me['id']}/statuses", {"limit": "1"})
-        self._cursor = str(latest[0]["id"]) if latest else "0"
+        if not isinstance(latest, list):
+            raise TemporaryError(f"{self.name}: the statuses of the account are not a list")
+        ids = [as_id(status.get("id")) for status in as_dicts(latest)]
+        self._cursor = next((found for found in ids if found), "0")
         sink.save_cursor(self.name, self._cursor)
         log.info("%s: first start; mirroring posts from now on", self.name)
 
     async def _catch_up(self, sink: EventSink) -> None:
-        """Mirror what was published while the daemon was down, oldest first."""
+        """Mirror what was published while the daemon was down, oldest first.
+
+        A status without a readable id cannot be placed nor skipped past by id; the next one is.
+        A page of nothing but such statuses ends the catch-up (the stream carries on).
+        """
         while True:
             assert self._cursor is not None
             page = await self._get_json(
                 f"/api/v1/accounts/{self.me['id']}/statuses",
                 {"min_id": self._cursor, "limit": str(CATCH_UP_PAGE)},
             )
-            if not page:
+            if not isinstance(page, list):
+                raise TemporaryError(f"{self.name}: catch-up answered something not a list")
+            readable = [(as_id(status.get("id")), status) for status in as_dicts(page)]
+            placed = [(found, status) for found, status in readable if found is not None]
+            if not placed:
                 return
-            for status in sorted(page, key=lambda s: id_order(str(s["id"]))):
-                await self._emit(status, sink)
+            for _, status in sorted(placed, key=lambda item: id_order(item[0])):
+                await self._emit_safely(status, sink)
             if len(page) < CATCH_UP_PAGE:
                 return
 
     async def _on_stream_message(self, message: SseMessage, sink: EventSink) -> None:
+        """One stream event; a malformed one is logged and skipped, and the stream goes on."""
+        if message.oversized:
+            log.warning("%s: oversized %s event on the stream skipped", self.name, message.event)
+            return
+        try:
+            await self._handle_stream_message(message, sink)
+        except PayloadError as error:
+            log.warning("%s: %s event skipped: %s", self.name, message.event, error)
+
+    async def _handle_stream_message(self, message: SseMessage, sink: EventSink) -> None:
         if message.event == "delete":
-            deleted = Post(id=message.data.strip().strip('"'), text="")
-            await sink.accept(Event(kind=EventKind.DELETE, account=self.name, post=deleted))
+            deleted = required_id(message.data.strip().strip('"'), "deleted status id")
+            if any(char.isspace() for char in deleted):
+                raise PayloadError("deleted status id is not an id")
+            post = Post(id=deleted, text="")
+            await sink.accept(Event(kind=EventKind.DELETE, account=self.name, post=post))
             return
         if message.event not in ("update", "status.update"):
             return
-        try:
-            status = json.loads(message.data)
-        except json.JSONDecodeError:
-            log.warning("%s: unreadable stream payload skipped", self.name)
-            return
+        status = parse_json(message.data)
         if not isinstance(status, dict):
-            return
-        if str(status.get("account", {}).get("id")) != str(self.me["id"]):
+            raise PayloadError("the status is not a JSON object")
+        if as_id(as_dict(status.get("account")).get("id")) != str(self.me["id"]):
             return
         await self._emit(status, sink, edit=message.event == "status.update")
 
+    async def _emit_safely(self, status: dict[str, Any], sink: EventSink) -> None:
+        try:
+            await self._emit(status, sink)
+        except PayloadError as error:
+            log.warning("%s: status skipped: %s", self.name, error)
+
     async def _emit(self, status: dict[str, Any], sink: EventSink, edit: bool = False) -> None:
-        status_id = str(status["id"])
+        """Hand one status on; one that cannot be read moves the cursor past it all the same."""
+        status_id = required_id(status.get("id"), "status id")
         if not edit and (self._cursor is None or id_order(status_id) > id_order(self._cursor)):
             self._cursor = status_id
         try:
             post = status_to_post(status)
-        except (KeyError, TypeError, ValueError) as error:
+        except PayloadError as error:
             log.warning(
                 "%s: status %s could not be read (%s); skipped", self.name, status_id, error
             )
             if self._cursor is not None:
                 sink.save_cursor(self.name, self._cursor)
             return
-        post = replace(post, media=[await self._fetch(item) for item in post.media])
+        post = replace(post, media=[await self.media.fetch(item) for item in post.media])
         post.card = await self._card(status.get("card"))
         if edit:
-            version = str(status.get("edited_at") or "")
+            version = as_text(status.get("edited_at"))
             await sink.accept(Event(EventKind.EDIT, self.name, post, version=version))
             return
         kind = EventKind.REPLY if post.reply_to else EventKind.POST
@@ -265,29 +427,20 @@ class MastodonNetwork:
 
     async def _card(self, card: Any) -> LinkCard | None:
         """Mastodon's link preview, with its image, for targets that show cards."""
-        if not isinstance(card, dict) or not card.get("url"):
+        card = as_dict(card)
+        url = richtext.safe_url(as_text(card.get("url")))
+        if not url:
             return None
         thumb = None
-        if card.get("image"):
-            thumb = await self._fetch(Media(mime="image/jpeg", url=str(card["image"])))
-            if thumb.data is None:
-                thumb = None
-            else:
-                kind = Image.open(io.BytesIO(thumb.data)).format if thumb.data else None
-                thumb.mime = f"image/{(kind or 'jpeg').lower()}"
+        if as_text(card.get("image")):
+            fetched = await self.media.fetch(Media(mime="image/jpeg", url=card["image"]))
+            thumb = fetched if fetched.data is not None else None
         return LinkCard(
-            url=str(card["url"]),
-            title=str(card.get("title") or ""),
-            description=str(card.get("description") or ""),
+            url=url,
+            title=richtext.clean_text(as_text(card.get("title"))),
+            description=richtext.clean_text(as_text(card.get("description"))),
             thumb=thumb,
         )
-
-    async def _fetch(self, item: Media) -> Media:
-        try:
-            return replace(item, data=await download(self.http, item.url))
-        except MediaError as error:
-            log.warning("%s: %s", self.name, error)
-            return item
 
     # outbound
 
@@ -297,6 +450,7 @@ class MastodonNetwork:
     async def publish(
         self, post: Post, reply_to: ReplyTarget | None, key: str, retrying: bool
     ) -> TargetRef:
+        post = richtext.clean_post(post)
         media_ids = [await self._upload(item) for item in post.media]
         text = post_to_status_text(post)
         status = await self._call(
@@ -310,12 +464,17 @@ class MastodonNetwork:
             language=post.language,
             idempotency_key=key,
         )
-        return TargetRef(id=str(status["id"]), url=str(status.get("url") or ""))
+        return _status_ref(status)
 
     async def edit(self, ref: TargetRef, post: Post) -> TargetRef:
         """Edit in place, keeping the attachments the copy already has."""
-        current = await self._call(self.client.status, ref.id)
-        media_ids = [str(m["id"]) for m in current.get("media_attachments") or []]
+        post = richtext.clean_post(post)
+        current = as_dict(await self._call(self.client.status, ref.id))
+        media_ids = [
+            found
+            for found in (as_id(m.get("id")) for m in as_dicts(current.get("media_attachments")))
+            if found
+        ]
         status = await self._call(
             self.client.status_update,
             ref.id,
@@ -324,7 +483,7 @@ class MastodonNetwork:
             sensitive=post.sensitive or None,
             media_ids=media_ids or None,
         )
-        return TargetRef(id=str(status["id"]), url=str(status.get("url") or ref.url))
+        return _status_ref(status, ref.url)
 
     async def delete(self, ref: TargetRef) -> None:
         try:
@@ -342,10 +501,18 @@ class MastodonNetwork:
             description=item.alt or None,
             synchronous=True,
         )
-        return str(attachment["id"])
+        found = as_id(attachment.get("id")) if isinstance(attachment, dict) else None
+        if found is None:
+            raise TemporaryError(f"{self.name}: the media upload answered without an id")
+        return found
 
     async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a Mastodon.py call in a thread and turn its errors into ones the worker understands."""
+        """Run a Mastodon.py call in a thread and turn its errors into ones the worker understands.
+
+        An answer that is not what the API promises (HTML on a 200, a truncated body, JSON of
+        another shape) is temporary: a proxy or an overloaded server, and every create carries
+        an idempotency key, so trying again cannot double a post.
+        """
         try:
             return await asyncio.to_thread(function, *args, **kwargs)
         except MastodonRatelimitError as error:
@@ -356,10 +523,24 @@ class MastodonNetwork:
         except MastodonServerError as error:
             raise TemporaryError(f"{self.name}: server error {error.args[1:3]}") from error
         except MastodonNotFoundError as error:
-            raise PermanentError(f"{self.name}: not found: {error.args[-1]}") from error
+            raise PermanentError(
+                f"{self.name}: not found: {_short(str(error.args[-1]))}"
+            ) from error
         except MastodonAPIError as error:
-            raise PermanentError(f"{self.name}: refused: {error.args[-1]}") from error
+            if _unreadable_answer(error):
+                raise TemporaryError(f"{self.name}: the server's answer is not JSON") from None
+            raise PermanentError(f"{self.name}: refused: {_short(str(error.args[-1]))}") from error
         except MastodonNetworkError as error:
             raise TemporaryError(f"{self.name}: network error: {type(error).__name__}") from error
         except MastodonError as error:
             raise TemporaryError(f"{self.name}: {type(error).__name__}") from error
+        except (KeyError, AttributeError, TypeError, ValueError) as error:
+            raise TemporaryError(
+                f"{self.name}: unexpected answer from the server ({type(error).__name__})"
+            ) from None
+
+
+def _positive(value: Any, default: int) -> int:
+    """A limit from the instance's configuration, or the default when it is not a positive int."""
+    found = as_int(value)
+    return found if found is not None and found > 0 else default

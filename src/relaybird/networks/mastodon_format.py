@@ -7,7 +7,9 @@ spans, outbound flattens spans into text that Mastodon's own linkifier will read
 
 from __future__ import annotations
 
+import bisect
 import mimetypes
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,6 +19,18 @@ from bs4.element import Comment, NavigableString, Tag
 
 from relaybird import richtext
 from relaybird.model import Author, Media, Post, Span, SpanKind, Visibility
+from relaybird.richtext import (
+    PayloadError,
+    as_dict,
+    as_dicts,
+    as_id,
+    as_int,
+    as_text,
+    bounded_text,
+    required_id,
+)
+
+__all__ = ["PayloadError", "html_to_text", "post_to_status_text", "status_to_post"]
 
 NETWORK = "mastodon"
 
@@ -31,6 +45,7 @@ _FORMATTING = {
     "code": SpanKind.CODE,
 }
 _HTML_SPACE = " \t\n\r\f"
+_HTML_SPACES = re.compile("[ \t\n\r\f]+")
 
 _MIME_BY_EXTENSION = {
     "jpg": "image/jpeg",
@@ -72,6 +87,7 @@ def post_to_status_text(post: Post) -> str:
     splitting with `richtext.count_mastodon`, which counts this rendering, and reserve the content
     warning's length: Mastodon counts it against the same limit.
     """
+    post = richtext.clean_post(post)
     return richtext.render_plain(post.text, post.spans)
 
 
@@ -79,16 +95,53 @@ def post_to_status_text(post: Post) -> str:
 # inbound
 
 
+#: Deeper markup is read as plain text: Mastodon never nests this far, and recursion has a limit.
+MAX_HTML_DEPTH = 64
+#: Content over this many characters of HTML is refused before it is parsed.
+MAX_HTML_CHARS = 1_000_000
+
+
 @dataclass
 class _Builder:
-    """Accumulates text and spans while the HTML is walked, collapsing whitespace like a browser."""
+    """Accumulates text and spans while the HTML is walked, collapsing whitespace like a browser.
+
+    The text is kept as a list of chunks, and only its tail is ever looked at again, so that a long
+    status with thousands of links or paragraphs is read in time proportional to its length.
+    """
 
     mentions: list[dict[str, Any]]
     local_domain: str | None
-    text: str = ""
+    chunks: list[str] = field(default_factory=list)
+    length: int = 0
     spans: list[Span] = field(default_factory=list)
+    #: Where each written run of text has its first character that is not a newline.
+    starts: list[int] = field(default_factory=list)
+    span_end: int = 0
     pending_newlines: int = 0
     in_pre: int = 0
+
+    by_url: dict[str, list[dict[str, Any]]] | None = None
+    by_name: dict[str, list[dict[str, Any]]] | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+    def mentions_by_url(self) -> dict[str, list[dict[str, Any]]]:
+        """The status's mentions by profile URL, indexed once for all the mentions in its HTML."""
+        if self.by_url is None:
+            self.by_url = {}
+            for mention in self.mentions:
+                self.by_url.setdefault(as_text(mention.get("url")), []).append(mention)
+        return self.by_url
+
+    def mentions_by_name(self) -> dict[str, list[dict[str, Any]]]:
+        if self.by_name is None:
+            self.by_name = {}
+            for mention in self.mentions:
+                name = as_text(mention.get("username")).lower()
+                self.by_name.setdefault(name, []).append(mention)
+        return self.by_name
 
     def write(self, chunk: str) -> None:
         if not self.in_pre:
@@ -98,89 +151,114 @@ class _Builder:
         if not chunk:
             return
         self._flush_newlines()
-        self.text += chunk
+        lead = len(chunk) - len(chunk.lstrip("\n"))
+        if lead < len(chunk):
+            self.starts.append(self.length + lead)
+        self._append(chunk)
 
     def line_break(self) -> None:
         self._trim_trailing_spaces()
-        self.text += "\n"
+        self._append("\n")
 
     def block_break(self, newlines: int) -> None:
         self.pending_newlines = max(self.pending_newlines, newlines)
 
     def add_span(self, start: int, kind: SpanKind, **fields: str) -> None:
-        if start < len(self.text):
-            self.spans.append(Span(start, len(self.text), kind, **fields))
+        if start < self.length:
+            self.spans.append(Span(start, self.length, kind, **fields))
+            self.span_end = self.length
+
+    def content_start(self, start: int) -> int:
+        """Where text written since `start` began, past newlines a pending block break added."""
+        found = bisect.bisect_left(self.starts, start)
+        return self.starts[found] if found < len(self.starts) else self.length
+
+    def _append(self, chunk: str) -> None:
+        self.chunks.append(chunk)
+        self.length += len(chunk)
 
     def _at_line_start(self) -> bool:
-        return not self.text or self.text[-1] in _HTML_SPACE
+        return not self.chunks or self.chunks[-1][-1] in _HTML_SPACE
+
+    def _trailing(self, char: str) -> int:
+        count = 0
+        for chunk in reversed(self.chunks):
+            index = len(chunk)
+            while index and chunk[index - 1] == char:
+                index -= 1
+            count += len(chunk) - index
+            if index:
+                break
+        return count
+
+    def _drop_tail(self, count: int) -> None:
+        self.length -= count
+        while count:
+            last = self.chunks.pop()
+            if len(last) > count:
+                self.chunks.append(last[: len(last) - count])
+                break
+            count -= len(last)
+        while self.starts and self.starts[-1] >= self.length:
+            self.starts.pop()
 
     def _flush_newlines(self) -> None:
-        if self.pending_newlines and self.text:
+        if self.pending_newlines and self.length:
             self._trim_trailing_spaces()
-            trailing = len(self.text) - len(self.text.rstrip("\n"))
-            self.text += "\n" * max(0, self.pending_newlines - trailing)
+            missing = self.pending_newlines - self._trailing("\n")
+            if missing > 0:
+                self._append("\n" * missing)
         self.pending_newlines = 0
 
     def _trim_trailing_spaces(self) -> None:
-        trimmed = self.text.rstrip(" ")
-        if all(span.end <= len(trimmed) for span in self.spans):
-            self.text = trimmed
+        spaces = self._trailing(" ")
+        if spaces and self.span_end <= self.length - spaces:
+            self._drop_tail(spaces)
 
 
 def _collapse(chunk: str) -> str:
-    out: list[str] = []
-    for char in chunk:
-        if char in _HTML_SPACE:
-            if not out or out[-1] != " ":
-                out.append(" ")
-        else:
-            out.append(char)
-    return "".join(out)
+    return _HTML_SPACES.sub(" ", chunk)
 
 
-def _walk(node: Tag, builder: _Builder) -> None:
+def _walk(node: Tag, builder: _Builder, depth: int = 0) -> None:
+    if depth > MAX_HTML_DEPTH:
+        builder.write(node.get_text())
+        return
     for child in node.children:
         if isinstance(child, Comment):
             continue
         if isinstance(child, NavigableString):
             builder.write(str(child))
         elif isinstance(child, Tag):
-            _element(child, builder)
+            _element(child, builder, depth + 1)
 
 
-def _element(tag: Tag, builder: _Builder) -> None:
+def _element(tag: Tag, builder: _Builder, depth: int) -> None:
     name = tag.name.lower()
     if name == "br":
         builder.line_break()
-    elif name == "a" and tag.get("href"):
+    elif name == "a" and isinstance(tag.get("href"), str) and tag.get("href"):
         _link(tag, builder)
     elif name == "li":
         builder.block_break(1)
         builder.write("- ")
-        _walk(tag, builder)
+        _walk(tag, builder, depth)
         builder.block_break(1)
     elif name in _BLOCKS:
         builder.block_break(2)
         builder.in_pre += name == "pre"
-        start = len(builder.text)
-        _walk(tag, builder)
+        start = builder.length
+        _walk(tag, builder, depth)
         builder.in_pre -= name == "pre"
         if name == "pre":
-            builder.add_span(_span_start(builder, start), SpanKind.CODE)
+            builder.add_span(builder.content_start(start), SpanKind.CODE)
         builder.block_break(2)
     elif name in _FORMATTING:
-        start = len(builder.text)
-        _walk(tag, builder)
-        builder.add_span(_span_start(builder, start), _FORMATTING[name])
+        start = builder.length
+        _walk(tag, builder, depth)
+        builder.add_span(builder.content_start(start), _FORMATTING[name])
     else:
-        _walk(tag, builder)
-
-
-def _span_start(builder: _Builder, start: int) -> int:
-    """Where text written since `start` began, past newlines a pending block break added."""
-    while start < len(builder.text) and builder.text[start] == "\n":
-        start += 1
-    return start
+        _walk(tag, builder, depth)
 
 
 def _words(tag: Tag, attribute: str = "class") -> set[str]:
@@ -197,17 +275,17 @@ def _link(tag: Tag, builder: _Builder) -> None:
     shown = _collapse(tag.get_text()).strip()
     classes = _words(tag)
     is_tag = "hashtag" in classes or "tag" in _words(tag, "rel")
-    before = len(builder.text)
+    before = builder.length
     if is_tag and shown.startswith("#") and len(shown) > 1:
         builder.write(shown)
-        builder.add_span(_span_start(builder, before), SpanKind.HASHTAG, tag=shown[1:])
+        builder.add_span(builder.content_start(before), SpanKind.HASHTAG, tag=shown[1:])
     elif "mention" in classes and shown.startswith("@") and len(shown) > 1:
         builder.write(shown)
         handle = _mention_handle(href, shown, builder)
-        builder.add_span(_span_start(builder, before), SpanKind.MENTION, url=href, handle=handle)
+        builder.add_span(builder.content_start(before), SpanKind.MENTION, url=href, handle=handle)
     else:
         builder.write(_link_text(tag, shown, href))
-        builder.add_span(_span_start(builder, before), SpanKind.LINK, url=href)
+        builder.add_span(builder.content_start(before), SpanKind.LINK, url=href)
 
 
 def _link_text(tag: Tag, shown: str, href: str) -> str:
@@ -225,22 +303,30 @@ def _link_text(tag: Tag, shown: str, href: str) -> str:
 def _mention_handle(href: str, shown: str, builder: _Builder) -> str:
     """The full `user@domain` of a mention, from the status's `mentions`: the HTML shows `@user`."""
     username = shown[1:].split("@", 1)[0].lower()
-    by_url = [m for m in builder.mentions if m.get("url") == href]
-    by_name = [m for m in builder.mentions if str(m.get("username", "")).lower() == username]
+    by_url = builder.mentions_by_url().get(href, [])
+    by_name = builder.mentions_by_name().get(username, [])
     found = by_url or (by_name if len(by_name) == 1 else [])
-    if found:
-        return _full_acct(str(found[0]["acct"]), str(found[0].get("url") or href), builder)
+    acct = as_text(found[0].get("acct")) if found else ""
+    if acct:
+        return _full_acct(acct, as_text(found[0].get("url")) or href, builder.local_domain)
     if "@" in shown[1:]:
         return shown[1:]
-    host = urlsplit(href).hostname or builder.local_domain or ""
+    host = _hostname(href) or builder.local_domain or ""
     return f"{shown[1:]}@{host}" if host else shown[1:]
 
 
-def _full_acct(acct: str, profile_url: str, builder: _Builder) -> str:
+def _hostname(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None
+
+
+def _full_acct(acct: str, profile_url: str, local_domain: str | None) -> str:
     """Local accounts appear as bare `user`; the domain tells other networks where they are."""
     if "@" in acct:
         return acct
-    domain = builder.local_domain or urlsplit(profile_url).hostname
+    domain = local_domain or _hostname(profile_url)
     return f"{acct}@{domain}" if domain else acct
 
 
@@ -256,79 +342,103 @@ def html_to_text(
 
 
 def _guess_mime(kind: str, url: str) -> str:
-    extension = urlsplit(url).path.rsplit(".", 1)[-1].lower() if "." in url else ""
+    path = urlsplit(url).path
+    extension = path.rsplit(".", 1)[-1].lower() if "." in path else ""
     if kind == "gifv":
         return "video/mp4"
     if extension in _MIME_BY_EXTENSION:
         return _MIME_BY_EXTENSION[extension]
-    guessed, _ = mimetypes.guess_type(urlsplit(url).path)
+    guessed, _ = mimetypes.guess_type(path)
     return guessed or _MIME_BY_TYPE.get(kind, "application/octet-stream")
 
 
-def _media(attachment: dict[str, Any], sensitive: bool) -> Media:
-    url = str(attachment.get("url") or attachment.get("remote_url") or "")
-    original = (attachment.get("meta") or {}).get("original") or {}
+def _media(attachment: dict[str, Any], sensitive: bool) -> Media | None:
+    """One attachment, or None when it has no URL to fetch it from."""
+    url = as_text(attachment.get("url")) or as_text(attachment.get("remote_url"))
+    if not url:
+        return None
+    original = as_dict(as_dict(attachment.get("meta")).get("original"))
     return Media(
-        mime=_guess_mime(str(attachment.get("type", "unknown")), url),
-        alt=str(attachment.get("description") or ""),
+        mime=_guess_mime(as_text(attachment.get("type")) or "unknown", url),
+        alt=as_text(attachment.get("description")),
         url=url,
         sensitive=sensitive,
-        width=original.get("width"),
-        height=original.get("height"),
+        width=as_int(original.get("width")),
+        height=as_int(original.get("height")),
     )
 
 
 def _author(account: dict[str, Any], local_domain: str | None) -> Author:
-    url = str(account.get("url") or "")
-    builder = _Builder([], local_domain)
+    url = as_text(account.get("url"))
     return Author(
         network=NETWORK,
-        handle=_full_acct(str(account.get("acct", "")), url, builder),
-        display_name=str(account.get("display_name") or ""),
+        handle=_full_acct(as_text(account.get("acct")), url, local_domain),
+        display_name=as_text(account.get("display_name")),
         url=url,
-        id=str(account.get("id", "")),
+        id=as_id(account.get("id")) or "",
     )
 
 
 def _visibility(value: Any) -> Visibility:
     """Forks add their own levels (`local`, `limited`, ...): treat those as followers-only, the
-    safe reading, rather than mirroring them publicly."""
+    safe reading, rather than mirroring them publicly. A status that says nothing is public."""
+    if value is None or value == "":
+        return Visibility.PUBLIC
     try:
-        return Visibility(value or "public")
+        return Visibility(value) if isinstance(value, str) else Visibility.PRIVATE
     except ValueError:
         return Visibility.PRIVATE
 
 
-def status_to_post(status: dict[str, Any], *, local_domain: str | None = None) -> Post:
+def status_to_post(status: Any, *, local_domain: str | None = None) -> Post:
     """A Mastodon Status entity (API JSON) as a neutral Post.
 
     `local_domain` is the instance's account domain; without it, a local account's domain is taken
     from its profile URL. A boost becomes a post with `is_repost` whose content is the boosted
     status's, authored by the booster, with the permalink of the original.
+
+    Unknown fields are ignored and optional ones of the wrong type read as absent; a status without
+    an id, with content over `MAX_HTML_CHARS` or text over `richtext.MAX_TEXT_CHARS`, or that is
+    not a JSON object raises `PayloadError`, the only error this raises.
     """
-    shown = status.get("reblog") or status
-    sensitive = bool(shown.get("sensitive"))
-    text, spans = html_to_text(
-        str(shown.get("content") or ""), list(shown.get("mentions") or []), local_domain
-    )
-    if not text and not shown.get("content") and shown.get("text"):
-        text = str(shown["text"])
-    reply_to = status.get("in_reply_to_id")
-    reply_author = status.get("in_reply_to_account_id")
+    if not isinstance(status, dict):
+        raise PayloadError("a status must be a JSON object")
+    try:
+        return richtext.clean_post(_status_to_post(status, local_domain))
+    except PayloadError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as error:
+        raise PayloadError(f"status could not be read ({type(error).__name__})") from None
+
+
+def _status_to_post(status: dict[str, Any], local_domain: str | None) -> Post:
+    status_id = required_id(status.get("id"), "status id")
+    reblog = status.get("reblog")
+    shown = reblog if isinstance(reblog, dict) else status
+    sensitive = shown.get("sensitive") is True
+    content = richtext.clean_text(as_text(shown.get("content")))
+    if len(content) > MAX_HTML_CHARS:
+        raise PayloadError(f"status {status_id} has {len(content)} characters of HTML")
+    text, spans = html_to_text(content, as_dicts(shown.get("mentions")), local_domain)
+    if not text and not content:
+        text = as_text(shown.get("text"))
+    bounded_text(text, f"status {status_id}")
+    reply_to = as_id(status.get("in_reply_to_id"))
     account = status.get("account")
+    attachments = (_media(item, sensitive) for item in as_dicts(shown.get("media_attachments")))
     return Post(
-        id=str(status["id"]),
+        id=status_id,
         text=text,
         spans=spans,
-        media=[_media(item, sensitive) for item in shown.get("media_attachments") or []],
-        reply_to=str(reply_to) if reply_to else None,
-        reply_to_author_id=str(reply_author) if reply_author else None,
-        content_warning=str(shown.get("spoiler_text") or ""),
+        media=[item for item in attachments if item is not None],
+        reply_to=reply_to,
+        reply_to_author_id=as_id(status.get("in_reply_to_account_id")) if reply_to else None,
+        content_warning=as_text(shown.get("spoiler_text")),
         sensitive=sensitive,
-        language=shown.get("language") or None,
+        language=as_text(shown.get("language")) or None,
         visibility=_visibility(status.get("visibility")),
-        permalink=str(shown.get("url") or shown.get("uri") or ""),
+        permalink=as_text(shown.get("url")) or as_text(shown.get("uri")),
         author=_author(account, local_domain) if isinstance(account, dict) else None,
-        created_at=str(status.get("created_at") or ""),
-        is_repost=status.get("reblog") is not None,
+        created_at=as_text(status.get("created_at")),
+        is_repost=isinstance(reblog, dict),
     )

@@ -17,6 +17,7 @@ from typing import Any
 from telegram import Bot, InputMediaPhoto, Message, MessageEntity, ReplyParameters
 from telegram.error import (
     BadRequest,
+    ChatMigrated,
     Forbidden,
     InvalidToken,
     NetworkError,
@@ -49,6 +50,21 @@ CAPABILITIES = Capabilities(
     alt_text=False,
     idempotent_create=False,
 )
+
+
+#: What python-telegram-bot raises when a 200 carries JSON it cannot read as the promised object
+#: (no `result`, a list instead of a message, a field of the wrong type).
+UNREADABLE_RESULT: tuple[type[Exception], ...] = (KeyError, TypeError, ValueError, AttributeError)
+
+
+#: After these on a send, the message may or may not be in the chat.
+OUTCOME_UNKNOWN: tuple[type[Exception], ...] = (TelegramError, *UNREADABLE_RESULT)
+
+
+def short(message: str, limit: int = 160) -> str:
+    """One line of a Telegram error: PTB puts whole response bodies (HTML pages) in messages."""
+    line = message.split(". Parsing the server response", 1)[0].splitlines()[0] if message else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def retry_seconds(error: RetryAfter) -> float:
@@ -87,6 +103,10 @@ class TelegramNetwork:
             raise TemporaryError(
                 f"{self.name}: Telegram unreachable: {type(error).__name__}"
             ) from error
+        except UNREADABLE_RESULT as error:
+            raise TemporaryError(
+                f"{self.name}: unreadable answer from Telegram ({type(error).__name__})"
+            ) from None
         self.chat_id = chat.id
         self.chat_username = chat.username
 
@@ -139,10 +159,14 @@ class TelegramNetwork:
             if "not modified" in error.message.lower():
                 return ref
             raise PermanentError(
-                f"{self.name}: Telegram refused the edit: {error.message}"
+                f"{self.name}: Telegram refused the edit: {short(error.message)}"
             ) from error
         except NetworkError as error:
-            raise TemporaryError(f"{self.name}: network error: {error.message}") from error
+            raise TemporaryError(f"{self.name}: network error: {short(error.message)}") from error
+        except TelegramError as error:
+            raise TemporaryError(f"{self.name}: {short(error.message)}") from error
+        except UNREADABLE_RESULT as error:
+            raise self._unreadable(error) from None
         return ref
 
     async def delete(self, ref: TargetRef) -> None:
@@ -155,10 +179,19 @@ class TelegramNetwork:
         except BadRequest as error:
             if "not found" not in error.message.lower():
                 raise PermanentError(
-                    f"{self.name}: Telegram refused the delete: {error.message}"
+                    f"{self.name}: Telegram refused the delete: {short(error.message)}"
                 ) from error
         except NetworkError as error:
-            raise TemporaryError(f"{self.name}: network error: {error.message}") from error
+            raise TemporaryError(f"{self.name}: network error: {short(error.message)}") from error
+        except TelegramError as error:
+            raise TemporaryError(f"{self.name}: {short(error.message)}") from error
+        except UNREADABLE_RESULT as error:
+            raise self._unreadable(error) from None
+
+    def _unreadable(self, error: Exception) -> TemporaryError:
+        return TemporaryError(
+            f"{self.name}: unreadable answer from Telegram ({type(error).__name__})"
+        )
 
     def new_key(self) -> str:
         return uuid.uuid4().hex
@@ -172,6 +205,8 @@ class TelegramNetwork:
     async def publish(
         self, post: Post, reply_to: ReplyTarget | None, key: str, retrying: bool
     ) -> TargetRef:
+        """Send one part. There is no idempotency key: a send whose outcome cannot be known (a
+        timeout, a success answer that cannot be read) is dead-lettered, never retried blindly."""
         text, entities = post_to_entities(post)
         message_entities = [MessageEntity(**entity) for entity in entities]
         reply = None
@@ -194,10 +229,20 @@ class TelegramNetwork:
             ) from error
         except (BadRequest, Forbidden, InvalidToken) as error:
             raise PermanentError(
-                f"{self.name}: Telegram refused the message: {error.message}"
+                f"{self.name}: Telegram refused the message: {short(error.message)}"
             ) from error
         except NetworkError as error:
-            raise TemporaryError(f"{self.name}: network error: {error.message}") from error
+            raise TemporaryError(f"{self.name}: network error: {short(error.message)}") from error
+        except ChatMigrated as error:
+            raise PermanentError(
+                f"{self.name}: the group became supergroup {error.new_chat_id}; set `chat` to it"
+            ) from error
+        except OUTCOME_UNKNOWN as error:
+            raise PermanentError(
+                f"{self.name}: Telegram accepted the message but its answer could not be read"
+                f" ({type(error).__name__}); it may have landed, so it is not retried"
+                " automatically (check the chat, then `relaybird retry`)"
+            ) from None
 
     async def _send(
         self,

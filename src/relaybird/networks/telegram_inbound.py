@@ -22,23 +22,30 @@ import datetime as dt
 import logging
 import random
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import aiohttp
 import telegram
 from telegram.error import (
     BadRequest,
     Conflict,
     Forbidden,
     InvalidToken,
+    NetworkError,
     RetryAfter,
     TelegramError,
 )
+from telegram.warnings import PTBUserWarning
 
+from relaybird.media import MediaFetcher, MediaPolicy
 from relaybird.model import Event, EventKind, Media, Post
 from relaybird.networks.base import EventSink
+from relaybird.networks.telegram import OUTCOME_UNKNOWN, UNREADABLE_RESULT
 from relaybird.networks.telegram_format import file_id_of, message_to_post
+from relaybird.richtext import PayloadError, as_dict, as_id, as_int
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,12 @@ _NEW = frozenset({"channel_post", "message"})
 _REMEMBERED_ALBUMS = 256
 #: How often held updates are fetched again while an album is collected (see the module docstring).
 _ALBUM_POLL_INTERVAL = 0.1
+#: Seconds a long poll may take beyond its own `timeout` before the read counts as failed.
+_READ_MARGIN = 10.0
+
+# Updates are fetched raw (`do_api_request`), so that one update PTB cannot parse is skipped
+# alone instead of failing every poll; PTB asks, with a warning, to use `get_updates` instead.
+warnings.filterwarnings("ignore", message=r"Please use 'Bot\.getUpdates'", category=PTBUserWarning)
 
 
 def _retry_seconds(error: RetryAfter) -> float:
@@ -82,7 +95,9 @@ class TelegramListener:
         album_wait: float = 1.0,
         retry_base: float = 1.0,
         retry_max: float = 60.0,
+        media_hosts: tuple[str, ...] = (),
     ) -> None:
+        """Media are fetched from the Bot API's file host only, plus any `media_hosts` entries."""
         self.name = name
         self.bot = bot
         self.chat_id = chat_id
@@ -99,11 +114,21 @@ class TelegramListener:
         self._held: list[_Held] = []
         self._open: set[int] = set()
         self._albums: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self.media_policy = replace(
+            MediaPolicy.of(bot.base_file_url, extra_hosts=media_hosts),
+            max_bytes=MAX_GETFILE_BYTES,
+        )
+        self._media: MediaFetcher | None = None
 
     # ---------------------------------------------------------------------------------- the loop
 
     async def run(self, cursor: str | None, sink: EventSink) -> None:
         """Poll until cancelled; failures are waited out here, never raised to the caller."""
+        async with aiohttp.ClientSession() as http:
+            self._media = MediaFetcher(http, self.media_policy, self.name)
+            await self._poll(cursor, sink)
+
+    async def _poll(self, cursor: str | None, sink: EventSink) -> None:
         if cursor is not None:
             self._confirmed = self._saved = self._fetched = int(cursor)
         failures = 0
@@ -150,11 +175,10 @@ class TelegramListener:
         `offset=-1` returns only the newest pending update (the server forgets the others); its id
         is the starting point. With nothing pending, "0" says that whatever comes next is new.
         """
-        updates = await self.bot.get_updates(
-            offset=-1, timeout=0, allowed_updates=list(ALLOWED_UPDATES)
-        )
+        updates = await self._get_updates(-1, 0)
         sink.set_connected(self.name, True)
-        start = max((update.update_id for update in updates), default=0)
+        ids = (as_int(update.get("update_id")) for update in updates)
+        start = max((found for found in ids if found is not None), default=0)
         self._confirmed = self._fetched = start
         self._save(sink, start)
         log.info("%s: first start; relaying Telegram updates after %d", self.name, start)
@@ -165,51 +189,75 @@ class TelegramListener:
             # Held updates are re-sent at once, so a long poll would spin: look again shortly.
             due = album.last_part_at + self.album_wait - time.monotonic()
             await asyncio.sleep(min(max(due, 0.0), _ALBUM_POLL_INTERVAL))
-        updates = await self.bot.get_updates(
-            offset=(self._confirmed or 0) + 1,
-            timeout=0 if self._held else self.poll_timeout,
-            allowed_updates=list(ALLOWED_UPDATES),
+        updates = await self._get_updates(
+            (self._confirmed or 0) + 1, 0 if self._held else self.poll_timeout
         )
         sink.set_connected(self.name, True)
         for update in updates:
             self._take(update)
         await self._flush(sink)
 
+    async def _get_updates(self, offset: int, timeout: int) -> list[dict[str, Any]]:
+        """The updates as the Bot API sent them (JSON objects), each to be read on its own.
+
+        An answer that is not a list of updates is a failed poll (a TelegramError), waited out
+        like any other; the offset does not move, so nothing is lost.
+        """
+        try:
+            result = await self.bot.do_api_request(
+                "getUpdates",
+                api_kwargs={
+                    "offset": offset,
+                    "timeout": timeout,
+                    "allowed_updates": list(ALLOWED_UPDATES),
+                },
+                read_timeout=timeout + _READ_MARGIN,
+            )
+        except UNREADABLE_RESULT as error:
+            raise TelegramError(f"unreadable getUpdates answer ({type(error).__name__})") from None
+        if not isinstance(result, list):
+            raise TelegramError("getUpdates answered something other than a list")
+        updates = [update if isinstance(update, dict) else {} for update in result]
+        if updates and all(as_int(update.get("update_id")) is None for update in updates):
+            # Nothing to confirm them by: polling again at once would get them again at once.
+            raise TelegramError("getUpdates answered updates without an update_id")
+        return updates
+
     # ---------------------------------------------------------------------------------- holding
 
     def _waiting_album(self) -> _Held | None:
         return self._held[0] if self._held and self._held[0].album is not None else None
 
-    def _take(self, update: telegram.Update) -> None:
-        if update.update_id <= self._fetched:
+    def _take(self, update: dict[str, Any]) -> None:
+        """Hold one raw update. One without a readable `update_id` cannot be confirmed by itself;
+        it is skipped, and the confirmation of any later update lets the server forget it."""
+        update_id = as_int(update.get("update_id"))
+        if update_id is None:
+            log.warning("%s: update without an update_id skipped", self.name)
             return
-        self._fetched = update.update_id
-        self._open.add(update.update_id)
+        if update_id <= self._fetched:
+            return
+        self._fetched = update_id
+        self._open.add(update_id)
         kind, message = self._content(update)
-        group = message.get("media_group_id") if message and kind in _NEW else None
+        group = as_id(message.get("media_group_id")) if message and kind in _NEW else None
         if group is not None:
             for held in self._held:
                 if held.album == group:
-                    held.update_ids.append(update.update_id)
+                    held.update_ids.append(update_id)
                     held.messages.append(message or {})
                     held.last_part_at = time.monotonic()
                     return
         self._held.append(
-            _Held(
-                [update.update_id],
-                kind,
-                [message] if message else [],
-                str(group) if group is not None else None,
-                time.monotonic(),
-            )
+            _Held([update_id], kind, [message] if message else [], group, time.monotonic())
         )
 
-    def _content(self, update: telegram.Update) -> tuple[str, dict[str, Any] | None]:
+    def _content(self, update: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
         """The kind and message of an update about the configured chat; ("", None) otherwise."""
         for kind in ALLOWED_UPDATES:
-            message = getattr(update, kind, None)
-            if message is not None and message.chat.id == self.chat_id:
-                return kind, message.to_dict()
+            message = update.get(kind)
+            if isinstance(message, dict) and as_dict(message.get("chat")).get("id") == self.chat_id:
+                return kind, message
         return "", None
 
     async def _flush(self, sink: EventSink) -> None:
@@ -238,18 +286,24 @@ class TelegramListener:
     # ---------------------------------------------------------------------------------- events
 
     async def _event(self, held: _Held) -> Event | None:
+        """The event for held updates, or None: nothing to relay, or a message that cannot be
+        read (logged; it is confirmed all the same, so that it never blocks the chat)."""
         if not held.messages:
             return None
-        if held.kind in _NEW:
-            post = self._post(held.messages)
-            if held.album is not None:
-                self._remember(held.album, held.messages)
-            kind = EventKind.REPLY if post.reply_to else EventKind.POST
-            version = ""
-        else:
-            post = self._edited(held.messages[0])
-            kind = EventKind.EDIT
-            version = str(held.messages[0].get("edit_date") or "")
+        try:
+            if held.kind in _NEW:
+                post = self._post(held.messages)
+                if held.album is not None:
+                    self._remember(held.album, held.messages)
+                kind = EventKind.REPLY if post.reply_to else EventKind.POST
+                version = ""
+            else:
+                post = self._edited(held.messages[0])
+                kind = EventKind.EDIT
+                version = str(as_int(held.messages[0].get("edit_date")) or "")
+        except PayloadError as error:
+            log.warning("%s: update %d skipped: %s", self.name, held.update_ids[0], error)
+            return None
         if not post.text and not post.media and not post.content_warning:
             log.debug("%s: %s has nothing to relay (service message?)", self.name, post.id)
             return None
@@ -258,7 +312,7 @@ class TelegramListener:
 
     def _post(self, messages: list[dict[str, Any]]) -> Post:
         """One post from a message, or from all parts of an album (first id, the one caption)."""
-        ordered = sorted(messages, key=lambda message: int(message["message_id"]))
+        ordered = sorted(messages, key=lambda message: as_int(message.get("message_id")) or 0)
         parts = [
             message_to_post(message, self.chat_username, chat_is_author=True) for message in ordered
         ]
@@ -275,12 +329,12 @@ class TelegramListener:
 
     def _edited(self, message: dict[str, Any]) -> Post:
         """The new version of an edited post; an edited album part brings the whole album."""
-        group = message.get("media_group_id")
-        album = self._albums.get(str(group)) if group is not None else None
-        if album is None:
+        group = as_id(message.get("media_group_id"))
+        album = self._albums.get(group) if group is not None else None
+        if group is None or album is None:
             return self._post([message])
-        parts = [m for m in album if m["message_id"] != message["message_id"]] + [message]
-        self._remember(str(group), parts)
+        parts = [m for m in album if m.get("message_id") != message.get("message_id")] + [message]
+        self._remember(group, parts)
         return self._post(parts)
 
     def _remember(self, group: str, messages: list[dict[str, Any]]) -> None:
@@ -290,17 +344,25 @@ class TelegramListener:
             self._albums.popitem(last=False)
 
     async def _download(self, item: Media) -> Media:
-        """The medium with its bytes; a file over getFile's limit keeps only its reference.
+        """The medium with its bytes; a file that cannot be had keeps only its reference.
 
-        Network failures propagate: the update is then not confirmed and is fetched again later.
+        Network failures of `getFile` propagate: the update is then not confirmed and is fetched
+        again later. Anything about the file itself (refused, too big, not what it claims to be,
+        an answer that cannot be read) leaves the medium as a link, so one file never blocks the
+        chat. The download URL holds the bot token: it is never logged.
         """
         file_id = file_id_of(item)
-        if file_id is None:
+        if file_id is None or self._media is None:
             return item
         try:
             found = await self.bot.get_file(file_id)
-        except BadRequest as error:
-            log.warning("%s: cannot fetch %s: %s; linking to it", self.name, item.mime, error)
+        except BadRequest as error:  # a NetworkError in PTB's tree, but about this file only
+            log.warning("%s: cannot fetch %s (%s); linking to it", self.name, item.mime, error)
+            return item
+        except (RetryAfter, NetworkError):
+            raise
+        except OUTCOME_UNKNOWN as error:
+            log.warning("%s: cannot fetch %s (%s); linking to it", self.name, item.mime, error)
             return item
         if found.file_size is not None and found.file_size > MAX_GETFILE_BYTES:
             log.warning(
@@ -311,5 +373,8 @@ class TelegramListener:
                 MAX_GETFILE_BYTES,
             )
             return item
-        data = await found.download_as_bytearray()
-        return replace(item, data=bytes(data))
+        url = found.file_path or ""
+        if not url.startswith(("http://", "https://")):
+            log.warning("%s: %s has no file URL to fetch; linking to it", self.name, item.mime)
+            return item
+        return await self._media.fetch(item, url=url, label=f"Telegram {item.mime} file")
