@@ -21,6 +21,7 @@ import pytest
 from relaybird.model import Event, EventKind, SpanKind
 from relaybird.networks.bluesky_inbound import BlueskyListener, Mode, tid_for
 from relaybird.sandbox.jetstream import JetstreamServer
+from relaybird.store import StoreUnavailable
 from tests.realpds import RealPds
 from tests.test_jetstream import Writer, Written, has_commit, new_writer, png, wait_until
 
@@ -499,3 +500,30 @@ async def test_a_thread_written_in_one_commit_survives_a_failure_between_its_pos
     assert [e.post.id for e in again.events][-1] == uris[1]
     assert {e.post.id for e in again.events} <= set(uris)
     assert not broken.backwards and not again.backwards
+
+
+@dataclass
+class RefusingStore(RecordingSink):
+    """Refuses every hand-over the way the relay does when its database cannot write."""
+
+    async def accept(self, event: Event) -> None:
+        raise StoreUnavailable("the state database refused the write: disk full")
+
+
+@modes("firehose")
+async def test_a_database_refusal_is_an_expected_failure_without_a_traceback(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused write is a temporary failure like a dropped stream: one line, no traceback."""
+    me = await new_writer(rig.pds, "refused")
+    refusing = RefusingStore(numeric=True)
+    async with listening(rig.listener(me), None, refusing):
+        await me.post("refused by the store")
+        await wait_until(
+            lambda: any(h[1] == "StoreUnavailable" for h in refusing.health),
+            "the refused hand-over",
+        )
+    listener_records = [r for r in caplog.records if r.name.endswith("bluesky_inbound")]
+    assert listener_records
+    assert not [r for r in listener_records if r.exc_info]
+    assert not [h for h in refusing.health if h[1].startswith("unexpected error")]

@@ -764,3 +764,42 @@ def test_retention_defaults_to_90_days_and_mappings_kept_for_good() -> None:
 def test_secret_values_lists_every_credential_for_log_masking() -> None:
     config = load_config(ROOT / "config.example.toml", SECRETS)
     assert config.secret_values() == set(SECRETS.values())
+
+
+def test_media_hosts_default_to_none_and_are_normalised(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        'access_token = "${MASTODON_TOKEN}"',
+        'access_token = "${MASTODON_TOKEN}"\n'
+        'media_hosts = ["Files.Example.Social.", "*.cdn.example", "media.example:8443",'
+        ' "plain.example:443"]',
+    )
+    config = load_config(write(tmp_path, text), ENV)
+    assert config.accounts["masto"].media_hosts == [
+        "files.example.social",
+        "*.cdn.example",
+        "media.example:8443",
+        "plain.example",
+    ]
+    assert config.accounts["bsky"].media_hosts == []
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ('["https://files.example.social"]', "without scheme or path"),
+        ('["files.example.social/media"]', "without scheme or path"),
+        ('["*.cdn.example:8443"]', "takes no port"),
+        ('["media.example:70000"]', "the port must be 1 to 65535"),
+        ('["bad host"]', "must be a host name"),
+        ('["*"]', "must be a host name"),
+        ('"files.example.social"', ""),
+    ],
+)
+def test_media_hosts_are_checked(tmp_path: Path, value: str, fragment: str) -> None:
+    text = MINIMAL.replace(
+        'app_password = "${BSKY_APP_PASSWORD}"',
+        f'app_password = "${{BSKY_APP_PASSWORD}}"\nmedia_hosts = {value}',
+    )
+    error = error_of(write(tmp_path, text))
+    assert [p.where.split("[")[0] for p in error.problems] == ["accounts.bsky.media_hosts"]
+    assert fragment in error.problems[0].message

@@ -442,24 +442,8 @@ async def bluesky_source() -> Source:
 @pytest.mark.parametrize(
     "make_source",
     [
-        pytest.param(
-            mastodon_source,
-            id="mastodon",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="networks/mastodon.py moves its in-memory cursor past a status before"
-                " sink.accept succeeds, so the catch-up after reconnecting skips it",
-            ),
-        ),
-        pytest.param(
-            telegram_source,
-            id="telegram",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="networks/telegram_inbound.py lets the TemporaryError from sink.accept end"
-                " its polling task instead of backing off and flushing the held update again",
-            ),
-        ),
+        pytest.param(mastodon_source, id="mastodon"),
+        pytest.param(telegram_source, id="telegram"),
         pytest.param(bluesky_source, id="bluesky"),
     ],
 )

@@ -26,6 +26,7 @@ from relaybird.networks.telegram_format import post_to_entities
 from relaybird.networks.telegram_inbound import TelegramListener
 from relaybird.sandbox.telegram import ApiCall, SandboxLimits, TelegramSandbox
 from relaybird.sandbox.telegram_state import SandboxBot, SandboxChat, SandboxUser
+from relaybird.store import StoreUnavailable
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning"),
@@ -242,6 +243,33 @@ async def test_group_message_names_its_sender_but_belongs_to_the_chat(world: Wor
         id=str(world.group.id),
     )
     assert post.permalink == f"https://t.me/chatter/{sent['message_id']}"
+
+
+async def test_group_message_carries_the_person_who_wrote_it(world: World) -> None:
+    """The chat stands for the account; `by` is who spoke, for the bot's allowlist and limits."""
+    sink = RecordingSink()
+    async with listening(world.listener(world.group), sink, fresh=True):
+        world.sandbox.post_as_user(world.group.id, world.bob.id, "from bob")
+        world.sandbox.post_as_user(world.group.id, world.alice.id, "from alice")
+        from_bob, from_alice = await events_count(sink, 2)
+    assert from_bob.by == Author(
+        network="telegram",
+        handle="bob",
+        display_name="Bob",
+        url="https://t.me/bob",
+        id=str(world.bob.id),
+    )
+    assert from_alice.by is not None and from_alice.by.id == str(world.alice.id)
+    assert from_bob.post.author is not None
+    assert from_bob.post.author.id == str(world.group.id)
+
+
+async def test_channel_post_names_no_one_but_the_channel(world: World) -> None:
+    sink = RecordingSink()
+    async with listening(world.listener(world.channel), sink, fresh=True):
+        world.sandbox.post_as_user(world.channel.id, world.alice.id, "news")
+        [event] = await events_count(sink, 1)
+    assert event.by is None
 
 
 async def test_reply_inside_the_chat_is_a_self_reply(world: World) -> None:
@@ -515,4 +543,30 @@ async def test_polling_failures_are_reported_and_recovered_from(
     assert event.post.text == "still relayed"
     down = [state for state in sink.connected if not state[0]]
     assert down and detail in down[0][1]
+    assert sink.connected[-1] == (True, "")
+
+
+@dataclass
+class RefusingOnce(RecordingSink):
+    """Refuses the first hand-over the way the relay does when its database cannot write."""
+
+    refused: int = 0
+
+    async def accept(self, event: Event) -> None:
+        if not self.refused:
+            self.refused += 1
+            raise StoreUnavailable("the state database refused the write: disk full")
+        await super().accept(event)
+
+
+async def test_a_refused_hand_over_is_waited_out_and_the_update_comes_again(
+    world: World,
+) -> None:
+    sink = RefusingOnce()
+    async with listening(world.listener(world.channel), sink, fresh=True):
+        world.sandbox.post_as_user(world.channel.id, None, "kept while the disk was full")
+        [event] = await events_count(sink, 1)
+    assert sink.refused == 1
+    assert event.post.text == "kept while the disk was full"
+    assert (False, "an update could not be handed on") in sink.connected
     assert sink.connected[-1] == (True, "")

@@ -269,6 +269,42 @@ def _check_allow_entry(value: str) -> str:
     return value.strip()
 
 
+_HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_MEDIA_HOST = re.compile(
+    rf"(?P<wild>\*\.)?(?P<host>(?:{_HOST_LABEL}\.)*{_HOST_LABEL}|\[[0-9a-f:.]+\])\.?"
+    r"(?::(?P<port>\d{1,5}))?"
+)
+
+
+def _check_media_host(value: str) -> str:
+    """One entry of the media allowlist, in the form `MediaPolicy` matches hosts against.
+
+    A URL, a path or a wildcard with a port would never match anything, so they are refused here
+    rather than silently leaving the media as links.
+    """
+    hint = (
+        'must be a host name such as "files.example.social", "*.cdn.example" for its subdomains,'
+        ' or "media.example:8443" for another port'
+    )
+    entry = value.strip().rstrip(".").lower()
+    if "://" in entry or "/" in entry:
+        raise _fail(f"{hint}; write the host alone, without scheme or path")
+    match = _MEDIA_HOST.fullmatch(entry)
+    if match is None:
+        raise _fail(hint)
+    port = match["port"]
+    if port is not None and not 0 < int(port) <= 65535:
+        raise _fail(f"{hint}; the port must be 1 to 65535")
+    if match["wild"] and match["host"].startswith("["):
+        raise _fail(f"{hint}; a *. entry takes a host name, not an IP address")
+    if match["wild"] and port is not None:
+        raise _fail(f"{hint}; a *. entry covers the usual ports only, so it takes no port")
+    wild = match["wild"] or ""
+    if port is None or port in ("80", "443"):
+        return wild + match["host"]
+    return f"{match['host']}:{port}"
+
+
 def _check_tag(value: str) -> str:
     """Tags compare case-insensitively and without '#', whichever way the user wrote them."""
     tag = value.strip().removeprefix("#")
@@ -481,6 +517,10 @@ class TelegramRateLimit(RateLimit):
     call_burst: Burst = Field(default=3, examples=[3])
 
 
+#: Where media may also be fetched from (see `MediaPolicy`); last among each account's keys.
+MediaHosts = list[Annotated[str, AfterValidator(_check_media_host)]]
+
+
 class AccountBase(Section):
     internal_keys: ClassVar[Mapping[str, str]] = {
         "name": "an account is named by its table key, as in [accounts.NAME]; remove this key",
@@ -500,6 +540,9 @@ class MastodonAccount(AccountBase):
     base_url: BaseUrl = Field(examples=["https://mastodon.example"])
     access_token: Secret = Field(examples=["${MASTODON_TOKEN}"])
     rate_limit: MastodonRateLimit = MastodonRateLimit()
+    media_hosts: MediaHosts = Field(
+        default_factory=list, examples=[["files.example.social", "*.cdn.example"]]
+    )
 
 
 class BlueskyAccount(AccountBase):
@@ -523,6 +566,9 @@ class BlueskyAccount(AccountBase):
         Field(default=30, examples=[30])
     )
     rate_limit: BlueskyRateLimit = BlueskyRateLimit()
+    media_hosts: MediaHosts = Field(
+        default_factory=list, examples=[["files.example.social", "*.cdn.example"]]
+    )
 
     def identity(self) -> str:
         return self.handle
@@ -539,6 +585,9 @@ class TelegramAccount(AccountBase):
         default=30, examples=[30]
     )
     rate_limit: TelegramRateLimit = TelegramRateLimit()
+    media_hosts: MediaHosts = Field(
+        default_factory=list, examples=[["files.example.social", "*.cdn.example"]]
+    )
 
     def identity(self) -> str:
         return str(self.chat)

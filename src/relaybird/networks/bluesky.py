@@ -101,6 +101,30 @@ def error_name(error: RequestErrorBase) -> str:
     return f"{name or 'error'}: {message or ''}".strip(": ")
 
 
+#: How long to hold an account when a 429 says nothing about when to come back.
+DEFAULT_RATE_LIMIT_WAIT = 60.0
+
+
+def retry_at_of(error: RateLimitExceededError, now: float | None = None) -> float:
+    """When the server lets us back in, as a Unix time.
+
+    `Retry-After` (seconds from now) is the server's own word for this request; otherwise the
+    window's `RateLimit-Reset`, when it is still ahead. A 429 that says neither waits a minute.
+    """
+    now = time.time() if now is None else now
+    retry_after = error.retry_after
+    if retry_after is not None:
+        return now + float(retry_after)
+    reset_at = error.reset_at
+    if reset_at is not None and reset_at.timestamp() > now:
+        return float(reset_at.timestamp())
+    return now + DEFAULT_RATE_LIMIT_WAIT
+
+
+def rate_limited(name: str, error: RateLimitExceededError) -> RateLimited:
+    return RateLimited(f"{name}: rate limited ({error_name(error)})", retry_at_of(error))
+
+
 class BlueskyNetwork:
     network = "bluesky"
     capabilities = CAPABILITIES
@@ -194,9 +218,7 @@ class BlueskyNetwork:
                 {"repo": self.did, "collection": POST_COLLECTION, "rkey": rkey}
             )
         except RateLimitExceededError as error:
-            raise RateLimited(
-                f"{self.name}: rate limited ({error_name(error)})", time.time() + 60
-            ) from error
+            raise rate_limited(self.name, error) from error
         except NetworkError as error:
             raise TemporaryError(f"{self.name}: network error ({type(error).__name__})") from error
         except RequestErrorBase as error:
@@ -224,11 +246,7 @@ class BlueskyNetwork:
             )
             return self._ref(response.uri, response.cid)
         except RateLimitExceededError as error:
-            reset = getattr(error, "reset", None)
-            retry_at = float(reset) if isinstance(reset, int | float) else time.time() + 60
-            raise RateLimited(
-                f"{self.name}: rate limited ({error_name(error)})", retry_at
-            ) from error
+            raise rate_limited(self.name, error) from error
         except UnauthorizedError as error:
             raise PermanentError(
                 f"{self.name}: Bluesky refused our session ({error_name(error)})"

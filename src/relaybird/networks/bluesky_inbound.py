@@ -51,7 +51,7 @@ from websockets.exceptions import ConnectionClosedOK
 
 from relaybird.media import MediaFetcher, MediaPolicy
 from relaybird.model import Author, Event, EventKind, LinkCard, Media, Post
-from relaybird.networks.base import EventSink
+from relaybird.networks.base import EventSink, TemporaryError
 from relaybird.networks.bluesky_format import NETWORK, ipld_to_json, record_to_post
 from relaybird.richtext import PayloadError, as_dict, as_int, as_text, parse_json
 
@@ -679,7 +679,13 @@ class BlueskyListener:
             try:
                 await source.once()
                 detail = "stream ended"
-            except (StreamLost, aiohttp.ClientError, OSError, AtProtocolError) as error:
+            except (
+                StreamLost,
+                aiohttp.ClientError,
+                OSError,
+                AtProtocolError,
+                TemporaryError,
+            ) as error:
                 detail = _error_detail(error)
             except Exception as error:
                 log.exception("%s: unexpected error while listening", self.name)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aiohttp
@@ -43,6 +45,7 @@ from relaybird.networks.base import (
     TemporaryError,
 )
 from relaybird.networks.mastodon_format import post_to_status_text, status_to_post
+from relaybird.ratelimit import ServerBudget
 from relaybird.richtext import (
     PayloadError,
     as_dict,
@@ -61,6 +64,8 @@ T = TypeVar("T")
 HEARTBEAT_TIMEOUT_SECONDS = 90.0
 MAX_RECONNECT_SECONDS = 300.0
 CATCH_UP_PAGE = 40
+#: How long to hold the account when a 429 says nothing usable about when to come back.
+DEFAULT_RATE_LIMIT_WAIT = 60.0
 
 
 def id_order(status_id: str) -> tuple[int, str]:
@@ -287,7 +292,7 @@ class MastodonNetwork:
                     f"{self.name}: the access token was refused ({response.status})"
                 )
             if response.status == 429:
-                raise RateLimited(f"{self.name}: rate limited", time.time() + 60)
+                raise RateLimited(f"{self.name}: rate limited", retry_at_of(response.headers))
             if response.status >= 400:
                 raise TemporaryError(f"{self.name}: GET {path} answered {response.status}")
             try:
@@ -295,10 +300,30 @@ class MastodonNetwork:
             except PayloadError as error:
                 raise TemporaryError(f"{self.name}: GET {path} answered {error}") from None
 
+    def rate_budget(self) -> ServerBudget | None:
+        """What the server's X-RateLimit-* headers said in Mastodon.py's last answer.
+
+        Mastodon.py starts with made-up values (300 left, no reset); they count only once a
+        header was read (`ratelimit_lastcall`), and a reset already past says nothing.
+        """
+        client = self.client
+        remaining, reset = client.ratelimit_remaining, client.ratelimit_reset
+        if client.ratelimit_lastcall is None or reset is None or remaining is None:
+            return None
+        limit = client.ratelimit_limit
+        return ServerBudget(
+            remaining=int(remaining),
+            reset_at=float(reset),
+            limit=int(limit) if isinstance(limit, int | float) and limit > 0 else None,
+        )
+
     # inbound
 
     async def listen(self, cursor: str | None, sink: EventSink) -> None:
+        """Stream until cancelled; a refusal by the sink (the store) is a reconnect like any
+        other temporary failure, and the catch-up brings the refused status again."""
         failures = 0
+        held_until = 0.0
         while True:
             try:
                 await self._stream_once(cursor, sink)
@@ -309,8 +334,12 @@ class MastodonNetwork:
             except (aiohttp.ClientError, TimeoutError, TemporaryError) as error:
                 failures += 1
                 sink.set_connected(self.name, False, f"stream lost: {type(error).__name__}")
+                if isinstance(error, RateLimited):
+                    held_until = error.retry_at
             cursor = self._cursor or cursor
             delay = min(MAX_RECONNECT_SECONDS, 2.0 ** min(failures, 10)) * random.uniform(0.5, 1.0)
+            delay = max(delay, min(MAX_RECONNECT_SECONDS, held_until - time.time()))
+            held_until = 0.0
             log.warning("%s: streaming stopped; reconnecting in %.1f s", self.name, delay)
             await asyncio.sleep(delay)
 
@@ -403,10 +432,25 @@ class MastodonNetwork:
             log.warning("%s: status skipped: %s", self.name, error)
 
     async def _emit(self, status: dict[str, Any], sink: EventSink, edit: bool = False) -> None:
-        """Hand one status on; one that cannot be read moves the cursor past it all the same."""
+        """Hand one status on; the cursor passes it only once the sink has taken it.
+
+        If the sink refuses (the store cannot write), the cursor goes back to where it was, so
+        the catch-up after reconnecting reads the status again instead of starting after it.
+        """
         status_id = required_id(status.get("id"), "status id")
+        previous = self._cursor
         if not edit and (self._cursor is None or id_order(status_id) > id_order(self._cursor)):
             self._cursor = status_id
+        try:
+            await self._hand_on(status, status_id, sink, edit)
+        except BaseException:
+            self._cursor = previous
+            raise
+
+    async def _hand_on(
+        self, status: dict[str, Any], status_id: str, sink: EventSink, edit: bool
+    ) -> None:
+        """One that cannot be read moves the cursor past it all the same."""
         try:
             post = status_to_post(status)
         except PayloadError as error:
@@ -516,8 +560,9 @@ class MastodonNetwork:
         try:
             return await asyncio.to_thread(function, *args, **kwargs)
         except MastodonRatelimitError as error:
-            reset = self.client.ratelimit_reset or 0
-            raise RateLimited(f"{self.name}: rate limited by the server", float(reset)) from error
+            raise RateLimited(
+                f"{self.name}: rate limited by the server", _future(self.client.ratelimit_reset)
+            ) from error
         except MastodonUnauthorizedError as error:
             raise PermanentError(f"{self.name}: the access token was refused") from error
         except MastodonServerError as error:
@@ -538,6 +583,45 @@ class MastodonNetwork:
             raise TemporaryError(
                 f"{self.name}: unexpected answer from the server ({type(error).__name__})"
             ) from None
+
+
+def _future(moment: float | None, now: float | None = None) -> float:
+    """A reset time worth waiting for: one missing or already past holds for a minute."""
+    now = time.time() if now is None else now
+    if isinstance(moment, int | float) and moment > now:
+        return float(moment)
+    return now + DEFAULT_RATE_LIMIT_WAIT
+
+
+def retry_at_of(headers: Mapping[str, str], now: float | None = None) -> float:
+    """When a 429 lets us back in: X-RateLimit-Reset (an ISO time, or Unix seconds as some
+    servers send), else Retry-After in seconds, else a minute from now."""
+    now = time.time() if now is None else now
+    reset = _parse_reset(headers.get("X-RateLimit-Reset", ""))
+    if reset is not None and reset > now:
+        return reset
+    try:
+        seconds = float(headers.get("Retry-After", ""))
+    except ValueError:
+        seconds = math.nan
+    if math.isfinite(seconds) and seconds >= 0:
+        return now + seconds
+    return _future(None, now)
+
+
+def _parse_reset(value: str) -> float | None:
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def _positive(value: Any, default: int) -> int:

@@ -122,6 +122,7 @@ class TelegramNetwork:
             self.chat_id,
             self.chat_username,
             poll_timeout=int(self.account.poll_timeout),
+            media_hosts=tuple(self.account.media_hosts),
         )
         await listener.run(cursor, sink)
 

@@ -41,11 +41,11 @@ from telegram.error import (
 from telegram.warnings import PTBUserWarning
 
 from relaybird.media import MediaFetcher, MediaPolicy
-from relaybird.model import Event, EventKind, Media, Post
-from relaybird.networks.base import EventSink
+from relaybird.model import Author, Event, EventKind, Media, Post
+from relaybird.networks.base import EventSink, TemporaryError
 from relaybird.networks.telegram import OUTCOME_UNKNOWN, UNREADABLE_RESULT
 from relaybird.networks.telegram_format import file_id_of, message_to_post
-from relaybird.richtext import PayloadError, as_dict, as_id, as_int
+from relaybird.richtext import PayloadError, as_dict, as_id, as_int, as_text
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,44 @@ warnings.filterwarnings("ignore", message=r"Please use 'Bot\.getUpdates'", categ
 def _retry_seconds(error: RetryAfter) -> float:
     value = error.retry_after
     return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+
+
+_GROUPS = frozenset({"group", "supergroup"})
+
+
+def sender_in_group(messages: list[dict[str, Any]]) -> Author | None:
+    """The person who wrote a group message, kept apart from the chat that stands for the account.
+
+    The post's author is the chat (its id), so that replies inside the chat are self-replies; who
+    actually spoke is what the crosspost bot's allowlist, its author check and its per-person limit
+    need. A message sent on behalf of a chat (`sender_chat`: a channel, or an anonymous admin as
+    the group itself) is that chat's; `from` is then only a placeholder bot. Channels and private
+    chats have no one else to name: None.
+    """
+    ordered = sorted(messages, key=lambda message: as_int(message.get("message_id")) or 0)
+    message = ordered[0] if ordered else {}
+    if as_dict(message.get("chat")).get("type") not in _GROUPS:
+        return None
+    sender_chat = as_dict(message.get("sender_chat"))
+    if sender_chat:
+        return _telegram_author(sender_chat, as_text(sender_chat.get("title")))
+    user = as_dict(message.get("from"))
+    names = (as_text(user.get(key)) for key in ("first_name", "last_name"))
+    return _telegram_author(user, " ".join(name for name in names if name))
+
+
+def _telegram_author(who: dict[str, Any], display_name: str) -> Author | None:
+    found = as_id(who.get("id"))
+    if found is None:
+        return None
+    username = as_text(who.get("username"))
+    return Author(
+        network="telegram",
+        handle=username,
+        display_name=display_name,
+        url=f"https://t.me/{username}" if username else "",
+        id=found,
+    )
 
 
 @dataclass
@@ -160,6 +198,12 @@ class TelegramListener:
             except TelegramError as error:
                 failures += 1
                 sink.set_connected(self.name, False, f"polling failed: {type(error).__name__}")
+                await self._back_off(failures, type(error).__name__)
+            except TemporaryError as error:
+                # The sink could not take an update (the store refused a write): it stays held
+                # and unconfirmed, so the next cycle hands it on again.
+                failures += 1
+                sink.set_connected(self.name, False, "an update could not be handed on")
                 await self._back_off(failures, type(error).__name__)
 
     async def _back_off(self, failures: int, reason: str) -> None:
@@ -308,7 +352,7 @@ class TelegramListener:
             log.debug("%s: %s has nothing to relay (service message?)", self.name, post.id)
             return None
         post.media = [await self._download(item) for item in post.media]
-        return Event(kind, self.name, post, version=version)
+        return Event(kind, self.name, post, version=version, by=sender_in_group(held.messages))
 
     def _post(self, messages: list[dict[str, Any]]) -> Post:
         """One post from a message, or from all parts of an album (first id, the one caption)."""
