@@ -109,3 +109,22 @@ def test_bluesky_target_never_doubles_a_post_after_kill_mid_create(networks: Net
         networks, "SELECT first_id FROM mappings WHERE target_account='news_bsky'"
     )
     assert first_id == posts[0].uri
+
+
+def test_telegram_send_cut_off_after_landing_is_not_sent_twice(networks: Networks) -> None:
+    daemon = networks.daemon().start()
+    networks.tg.faults.reset(land=True, times=1, match="^sendMessage$")
+    try:
+        networks.editor().status_post("the connection breaks after this lands")
+        wait_for(
+            lambda: state_rows(
+                networks, "SELECT 1 FROM deliveries WHERE target_account='news_tg' AND state='dead'"
+            ),
+            what="the doubtful Telegram send to be dead-lettered",
+        )
+        networks.editor().status_post("and the next one still flows")
+        wait_for(lambda: len(networks.tg_messages()) == 2, what="the next Telegram copy")
+    finally:
+        daemon.stop()
+    texts = [m["text"] for m in networks.tg_messages()]
+    assert texts == ["the connection breaks after this lands", "and the next one still flows"]

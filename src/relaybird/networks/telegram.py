@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Any
 
+import httpx
 from telegram import Bot, InputMediaPhoto, Message, MessageEntity, ReplyParameters
 from telegram.error import (
     BadRequest,
@@ -65,6 +66,17 @@ def short(message: str, limit: int = 160) -> str:
     """One line of a Telegram error: PTB puts whole response bodies (HTML pages) in messages."""
     line = message.split(". Parsing the server response", 1)[0].splitlines()[0] if message else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def never_sent(error: NetworkError) -> bool:
+    """Whether a failed send certainly did not reach Telegram: the connection was never made.
+
+    Any later failure (a reset or a broken answer) leaves the outcome unknown, and Telegram has no
+    idempotency key, so such a send is not repeated.
+    """
+    return isinstance(
+        error.__cause__, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
+    )
 
 
 def retry_seconds(error: RetryAfter) -> float:
@@ -233,7 +245,15 @@ class TelegramNetwork:
                 f"{self.name}: Telegram refused the message: {short(error.message)}"
             ) from error
         except NetworkError as error:
-            raise TemporaryError(f"{self.name}: network error: {short(error.message)}") from error
+            if never_sent(error):
+                raise TemporaryError(
+                    f"{self.name}: network error: {short(error.message)}"
+                ) from error
+            raise PermanentError(
+                f"{self.name}: the connection broke after the message was sent"
+                f" ({short(error.message)}); it may have landed, so it is not retried"
+                " automatically (check the chat, then `relaybird retry`)"
+            ) from error
         except ChatMigrated as error:
             raise PermanentError(
                 f"{self.name}: the group became supergroup {error.new_chat_id}; set `chat` to it"
