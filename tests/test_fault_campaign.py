@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from campaign import Settings, run_campaign
 
 
-def test_seeded_fault_campaign_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("seed", [5, 2])
+def test_seeded_fault_campaign_loses_nothing_and_doubles_nothing(tmp_path: Path, seed: int) -> None:
     said: list[str] = []
-    settings = Settings(seed=5, posts=24, kills=3, fault_chance=0.5, say=said.append)
+    settings = Settings(seed=seed, posts=24, kills=3, fault_chance=0.5, say=said.append)
     report = run_campaign(settings, tmp_path)
     summary = report.render() + "\n" + "\n".join(said)
     assert report.ok, summary
