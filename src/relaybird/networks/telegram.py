@@ -69,14 +69,16 @@ def short(message: str, limit: int = 160) -> str:
 
 
 def never_sent(error: NetworkError) -> bool:
-    """Whether a failed send certainly did not reach Telegram: the connection was never made.
+    """Whether a failed send certainly did not post: refused with an HTTP error status (a 5xx
+    from the server or its gateway), or the connection was never made.
 
-    Any later failure (a reset or a broken answer) leaves the outcome unknown, and Telegram has no
-    idempotency key, so such a send is not repeated.
+    A transport failure after connecting (a reset, a broken answer) leaves the outcome unknown,
+    and Telegram has no idempotency key, so such a send is not repeated.
     """
-    return isinstance(
-        error.__cause__, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
-    )
+    cause = error.__cause__
+    if not isinstance(cause, httpx.HTTPError):
+        return True
+    return isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
 def retry_seconds(error: RetryAfter) -> float:
