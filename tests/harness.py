@@ -53,7 +53,7 @@ def free_port() -> int:
 
 
 def wait_for(
-    predicate: Callable[[], T], timeout: float = 30, interval: float = 0.1, what: str = ""
+    predicate: Callable[[], T | None], timeout: float = 30, interval: float = 0.1, what: str = ""
 ) -> T:
     """Poll until `predicate` returns something truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -343,8 +343,37 @@ def test_bluesky_reply_request_crossposts_the_parent_to_telegram(
     ]
     link = f"https://t.me/bot_channel/{copy['message_id']}"
     assert answer["text"] == f"Crossposted:\nTelegram: {link}"
-    targets = [f["uri"] for facet in answer["facets"] for f in facet["features"] if "uri" in f]
-    assert targets == [link]
+    assert facet_links(answer) == [link]
+    again = world.alice.post(f"@{world.bot.handle} crosspost", mention=world.bot, reply_to=parent)
+    second = world.answer_to(again)
+    assert second["text"] == f"Already crossposted:\nTelegram: {link}"
+    assert facet_links(second) == [link]
+    assert world.channel().count("The choir sings at noon in the park") == 1
+
+
+def facet_links(record: dict[str, Any]) -> list[str]:
+    """The link targets of a Bluesky post's facets."""
+    return [f["uri"] for facet in record.get("facets", []) for f in facet["features"] if "uri" in f]
+
+
+@pytest.mark.pds
+def test_bluesky_standalone_request_crossposts_the_rest_of_the_post(
+    bsky_bot_world: BskyBotWorld,
+) -> None:
+    world = bsky_bot_world
+    request = world.alice.post(
+        f"@{world.bot.handle} crosspost Our new report is out", mention=world.bot
+    )
+    answer = world.answer_to(request)
+    (copy,) = [
+        m
+        for m in world.loop.call(world.tg.messages_in, "@bot_channel")
+        if "Our new report is out" in (m.get("text") or "")
+    ]
+    assert copy["text"] == "Our new report is out"
+    link = f"https://t.me/bot_channel/{copy['message_id']}"
+    assert answer["text"] == f"Crossposted:\nTelegram: {link}"
+    assert facet_links(answer) == [link]
 
 
 @pytest.mark.pds
@@ -458,6 +487,17 @@ def test_telegram_slash_crosspost_reply_crossposts_to_mastodon(tg_bot_world: TgB
     answer = world.answer_to(request["message_id"])
     copies = [s for s in world.statuses() if "Litter pick on the beach" in s["content"]]
     assert len(copies) == 1
+    assert answer["text"] == f"Crossposted:\nMastodon: {copies[0]['url']}"
+    assert links(answer) == [copies[0]["url"]]
+
+
+def test_telegram_standalone_slash_crosspost_posts_the_rest(tg_bot_world: TgBotWorld) -> None:
+    world = tg_bot_world
+    request = world.say(world.sam, "/crosspost Some news from the group")
+    answer = world.answer_to(request["message_id"])
+    copies = [s for s in world.statuses() if "Some news from the group" in s["content"]]
+    assert len(copies) == 1
+    assert copies[0]["content"] == "<p>Some news from the group</p>"
     assert answer["text"] == f"Crossposted:\nMastodon: {copies[0]['url']}"
     assert links(answer) == [copies[0]["url"]]
 
