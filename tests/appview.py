@@ -35,11 +35,12 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.realpds import register_account
+
 PDS_DIR = Path(__file__).resolve().parent / "pds"
 START_TIMEOUT = 120.0
 SETUP_HINT = "run `bash scripts/setup`"
 # Handles on the dev PDS must end with one of its service domains.
-HANDLE_DOMAIN = ".test"
 # The AppView tables go to appview_<suffix>, Ozone's to ozone_<suffix>.
 SCHEMA_SUFFIX = "relaybird"
 
@@ -514,33 +515,18 @@ class AppViewNetwork:
         return self._call(request, nsid)
 
     def create_account(self, handle_prefix: str, *, indexed: bool = True) -> tuple[str, str, str]:
-        """Create an account and return (did, handle, password).
+        """Create an account (see `register_account`) and return (did, handle, password).
 
-        A handle is `<front>.test` with a front of 3 to 18 characters, unique and not one of the
-        dev PDS's reserved words: the prefix is cut to 9 characters and given a unique suffix. With
-        `indexed` this returns only once the AppView knows the account, so that a `login()` that
-        fetches the profile succeeds at once.
+        With `indexed` this returns only once the AppView knows the account, so that a `login()`
+        that fetches the profile succeeds at once.
         """
-        number = next(self._counter)
-        front = f"{handle_prefix[:9]}-{self._run_tag}{number}".lower()
-        handle = f"{front}{HANDLE_DOMAIN}"
-        password = f"pw-{secrets.token_hex(8)}"
-        answer = self.xrpc(
-            "com.atproto.server.createAccount",
-            {
-                "handle": handle,
-                "email": f"{handle_prefix}{self._run_tag}{number}@relaybird.test",
-                "password": password,
-            },
+        handle_tag = f"{self._run_tag}{next(self._counter)}"
+        did, handle, password = register_account(
+            self.xrpc, handle_prefix, handle_tag, self.sessions
         )
-        did = str(answer["did"])
-        self.sessions[did] = {
-            "accessJwt": str(answer["accessJwt"]),
-            "refreshJwt": str(answer["refreshJwt"]),
-        }
         if indexed:
             self.wait_for_profile(did)
-        return did, str(answer["handle"]), password
+        return did, handle, password
 
     def _appview_or_none(self, nsid: str, params: dict[str, str | list[str]]) -> Any:
         try:

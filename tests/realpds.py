@@ -152,30 +152,32 @@ class RealPds:
             ) from error
 
     def create_account(self, handle_prefix: str) -> tuple[str, str, str]:
-        """Create an account and return (did, handle, password).
+        """Create an account and return (did, handle, password); see `register_account`."""
+        handle_tag = f"{self._run_tag}{next(self._counter)}"
+        return register_account(self.xrpc, handle_prefix, handle_tag, self.sessions)
 
-        The dev PDS needs no invite code and no e-mail check, but a handle is `<front>.test` with a
-        front of 3 to 18 characters, no dots, unique, and not one of its reserved words (`news`,
-        `other`, ...): the prefix is cut to 9 characters and given a unique suffix.
-        """
-        number = next(self._counter)
-        front = f"{handle_prefix[:9]}-{self._run_tag}{number}".lower()
-        handle = f"{front}{HANDLE_DOMAIN}"
-        password = f"pw-{secrets.token_hex(8)}"
-        answer = self.xrpc(
-            "com.atproto.server.createAccount",
-            {
-                "handle": handle,
-                "email": f"{handle_prefix}{self._run_tag}{number}@relaybird.test",
-                "password": password,
-            },
-        )
-        did = str(answer["did"])
-        self.sessions[did] = {
-            "accessJwt": str(answer["accessJwt"]),
-            "refreshJwt": str(answer["refreshJwt"]),
-        }
-        return did, str(answer["handle"]), password
+
+def register_account(
+    xrpc: Callable[[str, dict[str, Any]], dict[str, Any]],
+    handle_prefix: str,
+    tag: str,
+    sessions: dict[str, dict[str, str]],
+) -> tuple[str, str, str]:
+    """Create an account on a dev PDS and return (did, handle, password).
+
+    The dev PDS needs no invite code and no e-mail check, but a handle is `<front>.test` with a
+    front of 3 to 18 characters, no dots, unique, and not one of its reserved words (`news`,
+    `other`, ...): the prefix is cut to 9 characters and given the unique `tag`.
+    """
+    handle = f"{handle_prefix[:9]}-{tag}".lower() + HANDLE_DOMAIN
+    password = f"pw-{secrets.token_hex(8)}"
+    answer = xrpc(
+        "com.atproto.server.createAccount",
+        {"handle": handle, "email": f"{handle_prefix}{tag}@relaybird.test", "password": password},
+    )
+    did = str(answer["did"])
+    sessions[did] = {"accessJwt": str(answer["accessJwt"]), "refreshJwt": str(answer["refreshJwt"])}
+    return did, str(answer["handle"]), password
 
 
 def real_pds_fixture(*, rate_limits: bool = False) -> Callable[[], Iterator[RealPds]]:
