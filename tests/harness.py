@@ -46,6 +46,19 @@ class LoopThread:
         self.thread.join(5)
 
 
+def telegram_links(message: dict[str, Any]) -> list[str]:
+    """Every link target of a Telegram message: text links and bare URLs (UTF-16 offsets)."""
+    text = message.get("text") or ""
+    found = []
+    for entity in message.get("entities") or []:
+        if entity["type"] == "text_link":
+            found.append(entity["url"])
+        elif entity["type"] == "url":
+            raw = text.encode("utf-16-le")[entity["offset"] * 2 :]
+            found.append(raw[: entity["length"] * 2].decode("utf-16-le"))
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from harness import Daemon, LoopThread, free_port, wait_for
+from harness import telegram_links as links
 from mastodon import Mastodon
 
 from relaybird.sandbox.mastodon import MastodonSandbox
@@ -48,19 +49,6 @@ class World:
     def statuses_of(self, username: str) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = self.loop.call(self.masto.statuses_of, username)
         return found
-
-
-def links(message: dict[str, Any]) -> list[str]:
-    """Every link target of a Telegram message: text links and bare URLs."""
-    text = message.get("text") or ""
-    found = []
-    for entity in message.get("entities") or []:
-        if entity["type"] == "text_link":
-            found.append(entity["url"])
-        elif entity["type"] == "url":
-            raw = text.encode("utf-16-le")[entity["offset"] * 2 :]
-            found.append(raw[: entity["length"] * 2].decode("utf-16-le"))
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -16,25 +16,13 @@ from typing import Any
 
 import pytest
 from harness import Daemon, LoopThread, free_port, wait_for
+from harness import telegram_links as links
 
 from relaybird.sandbox.mastodon import MastodonSandbox
 from relaybird.sandbox.telegram import TelegramSandbox
 from tests.appview import AppViewNetwork
 
 WAIT = 30.0
-
-
-def links(message: dict[str, Any]) -> list[str]:
-    """Every link target of a Telegram message: text links and bare URLs."""
-    text = message.get("text") or ""
-    found = []
-    for entity in message.get("entities") or []:
-        if entity["type"] == "text_link":
-            found.append(entity["url"])
-        elif entity["type"] == "url":
-            raw = text.encode("utf-16-le")[entity["offset"] * 2 :]
-            found.append(raw[: entity["length"] * 2].decode("utf-16-le"))
-    return found
 
 
 def telegram_text(loop: LoopThread, tg: TelegramSandbox, chat: int | str) -> list[str]:
