@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from bs4 import BeautifulSoup
-from bs4.element import Comment, NavigableString, Tag
-
 from relaybird import richtext
 from relaybird.model import Author, Media, Post, Span, SpanKind, Visibility
+from relaybird.networks.html_tree import Element, parse_html
 from relaybird.richtext import (
     PayloadError,
     as_dict,
@@ -220,24 +218,22 @@ def _collapse(chunk: str) -> str:
     return _HTML_SPACES.sub(" ", chunk)
 
 
-def _walk(node: Tag, builder: _Builder, depth: int = 0) -> None:
+def _walk(node: Element, builder: _Builder, depth: int = 0) -> None:
     if depth > MAX_HTML_DEPTH:
         builder.write(node.get_text())
         return
     for child in node.children:
-        if isinstance(child, Comment):
-            continue
-        if isinstance(child, NavigableString):
-            builder.write(str(child))
-        elif isinstance(child, Tag):
+        if isinstance(child, str):
+            builder.write(child)
+        else:
             _element(child, builder, depth + 1)
 
 
-def _element(tag: Tag, builder: _Builder, depth: int) -> None:
-    name = tag.name.lower()
+def _element(tag: Element, builder: _Builder, depth: int) -> None:
+    name = tag.name
     if name == "br":
         builder.line_break()
-    elif name == "a" and isinstance(tag.get("href"), str) and tag.get("href"):
+    elif name == "a" and tag.get("href"):
         _link(tag, builder)
     elif name == "li":
         builder.block_break(1)
@@ -261,16 +257,11 @@ def _element(tag: Tag, builder: _Builder, depth: int) -> None:
         _walk(tag, builder, depth)
 
 
-def _words(tag: Tag, attribute: str = "class") -> set[str]:
-    value = tag.get(attribute)
-    if value is None:
-        return set()
-    if isinstance(value, str):
-        return set(value.split())
-    return {str(word) for word in value}
+def _words(tag: Element, attribute: str = "class") -> set[str]:
+    return set((tag.get(attribute) or "").split())
 
 
-def _link(tag: Tag, builder: _Builder) -> None:
+def _link(tag: Element, builder: _Builder) -> None:
     href = str(tag.get("href"))
     shown = _collapse(tag.get_text()).strip()
     classes = _words(tag)
@@ -288,13 +279,9 @@ def _link(tag: Tag, builder: _Builder) -> None:
         builder.add_span(builder.content_start(before), SpanKind.LINK, url=href)
 
 
-def _link_text(tag: Tag, shown: str, href: str) -> str:
+def _link_text(tag: Element, shown: str, href: str) -> str:
     """Mastodon shortens long URLs with hidden `invisible` parts and an `ellipsis`; show the URL."""
-    shortened = any(
-        _words(part) & {"invisible", "ellipsis"}
-        for part in tag.find_all("span")
-        if isinstance(part, Tag)
-    )
+    shortened = any(_words(part) & {"invisible", "ellipsis"} for part in tag.find_all("span"))
     if shortened or not shown or richtext.shows_url(shown, href):
         return href
     return shown
@@ -335,7 +322,7 @@ def html_to_text(
 ) -> tuple[str, list[Span]]:
     """Mastodon's rendered HTML as plain text with spans: paragraphs apart by a blank line."""
     builder = _Builder(mentions or [], local_domain)
-    _walk(BeautifulSoup(html, "html.parser"), builder)
+    _walk(parse_html(html), builder)
     text = builder.text.rstrip()
     spans = [s for s in builder.spans if s.end <= len(text)]
     return text, sorted(spans, key=lambda s: (s.start, -s.end))
