@@ -28,10 +28,10 @@ from relaybird.config import (
     Route,
     TelegramAccount,
     TelegramRateLimit,
-    describe,
     load_config,
     route_settings,
 )
+from relaybird.config_summary import describe
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = Path(__file__).resolve().parent / "configs"

@@ -12,11 +12,13 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-
-from relaybird.config import Config, ConfigError, describe, load_config
+from relaybird.config import Config, ConfigError, load_config
 from relaybird.logsetup import setup_logging
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 log = logging.getLogger("relaybird")
 
@@ -24,27 +26,37 @@ EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 
 
-def _load(path: str, console: Console) -> Config | None:
+def _console(stderr: bool = False) -> Console:
+    """rich is imported on first use: `relaybird run` prints nothing with it unless it fails."""
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def _load(path: str) -> Config | None:
     try:
         return load_config(Path(path))
     except ConfigError as error:
-        console.print(f"[bold red]config error[/]: {error}", highlight=False, markup=True)
+        _console(stderr=True).print(
+            f"[bold red]config error[/]: {error}", highlight=False, markup=True
+        )
         return None
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    out, err = Console(), Console(stderr=True)
-    config = _load(args.config, err)
+    from relaybird.config_summary import describe
+
+    config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    out = _console()
     out.print(f"{args.config}: OK")
     out.print(describe(config))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    err = Console(stderr=True)
-    config = _load(args.config, err)
+    config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
     setup_logging(
@@ -100,8 +112,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from relaybird.status import print_status
 
-    err = Console(stderr=True)
-    config = _load(args.config, err)
+    config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
     return print_status(config, as_json=args.json)
@@ -111,10 +122,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
     """Re-queue dead letters; a running daemon picks them up within seconds."""
     from relaybird.store import Store
 
-    out, err = Console(), Console(stderr=True)
-    config = _load(args.config, err)
+    config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    out, err = _console(), _console(stderr=True)
     if args.all == (args.id is not None):
         err.print("say which delivery to retry (an id from `relaybird status`) or --all, not both")
         return EXIT_CONFIG

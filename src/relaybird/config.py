@@ -40,9 +40,6 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
-from rich.console import Group
-from rich.table import Table
-from rich.text import Text
 
 from relaybird.ratelimit import Limits, Rate
 
@@ -1255,43 +1252,6 @@ def _keys_of(node: Any) -> list[str]:
 def _literal_choices(node: Any) -> tuple[Any, ...]:
     annotation = _strip_annotated(getattr(node, "annotation", node))
     return typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
-
-
-# --------------------------------------------------------------------------------------------------
-# Summary for `relaybird check`
-
-
-def describe(config: Config) -> Group:
-    """Accounts and routes as rich tables for `relaybird check`; never shows a secret.
-
-    Values go in as `Text` so that a name with brackets is never read as rich markup.
-    """
-    accounts = Table(title="Accounts", title_justify="left")
-    for column in ("name", "network", "base_url", "handle / chat"):
-        accounts.add_column(column)
-    for name, account in config.accounts.items():
-        accounts.add_row(
-            Text(name),
-            Text(account.network),
-            Text(account.base_url),
-            Text(account.identity() or "-"),
-        )
-    routes = Table(title="Routes", title_justify="left")
-    for column in ("name", "from", "", "to", "settings"):
-        routes.add_column(column)
-    for route in config.routes:
-        routes.add_row(
-            Text(route.name),
-            Text(", ".join(route.sources)),
-            Text("→"),
-            Text(", ".join(route.targets)),
-            Text(route_settings(route) or "defaults"),
-        )
-    return Group(
-        Text(f"{config.path}: {len(config.accounts)} account(s), {len(config.routes)} route(s)"),
-        accounts,
-        routes,
-    )
 
 
 def route_settings(route: Route) -> str:
