@@ -113,11 +113,15 @@ _BEFORE_SENDING: tuple[type[BaseException], ...] = (
 class TelegramApi:
     """One bot's Bot API client, owning one aiohttp session (opened on first use)."""
 
-    def __init__(self, token: str, base_url: str, base_file_url: str) -> None:
-        """`base_url` and `base_file_url` end where the token starts (`.../bot`, `.../file/bot`)."""
+    def __init__(
+        self, token: str, base_url: str, base_file_url: str, *, read_timeout: float = READ_TIMEOUT
+    ) -> None:
+        """`base_url` and `base_file_url` end where the token starts (`.../bot`, `.../file/bot`);
+        `read_timeout` is how long a call waits for its answer (getUpdates adds its own wait)."""
         self._token = token
         self.base_url = base_url
         self.base_file_url = base_file_url
+        self.read_timeout = read_timeout
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
@@ -125,7 +129,7 @@ class TelegramApi:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
+                    total=None, sock_connect=CONNECT_TIMEOUT, sock_read=self.read_timeout
                 )
             )
         return self._session
@@ -145,7 +149,7 @@ class TelegramApi:
         params: Mapping[str, Any] | None = None,
         files: Mapping[str, Upload] | None = None,
         *,
-        read_timeout: float = READ_TIMEOUT,
+        read_timeout: float | None = None,
     ) -> Any:
         """The `result` of one method call, as JSON; raises the errors of this module.
 
@@ -155,7 +159,7 @@ class TelegramApi:
         url = f"{self.base_url}{self._token}/{method}"
         values = {key: value for key, value in (params or {}).items() if value is not None}
         timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=CONNECT_TIMEOUT, sock_read=read_timeout
+            total=None, sock_connect=CONNECT_TIMEOUT, sock_read=read_timeout or self.read_timeout
         )
         body: dict[str, Any] = {"data": self._form(values, files)} if files else {"json": values}
         try:
@@ -199,6 +203,18 @@ class TelegramApi:
         raise _refusal(status, payload)
 
 
+_NOISE = ("Error: ", "[Error]: ", "Bad Request: ")
+
+
+def plain(description: str) -> str:
+    """A refusal as operators have always read it here: "Chat not found", not "Bad Request: chat
+    not found" (the wording python-telegram-bot gave, which status pages and tests know)."""
+    words = description
+    for prefix in _NOISE:
+        words = words.removeprefix(prefix)
+    return words.capitalize() if words != description else words
+
+
 def _refusal(status: int, payload: bytes) -> Exception:
     """The error for a non-2xx answer, read the way the Bot API words refusals."""
     try:
@@ -211,7 +227,7 @@ def _refusal(status: int, payload: bytes) -> Exception:
         answer = None
     description = phrase
     if isinstance(answer, dict):
-        description = str(answer.get("description") or phrase)
+        description = plain(str(answer.get("description") or phrase))
         parameters = answer.get("parameters")
         if isinstance(parameters, dict):
             migrated = parameters.get("migrate_to_chat_id")
