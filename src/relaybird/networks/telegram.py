@@ -84,8 +84,10 @@ class TelegramNetwork:
         try:
             me = await self.api.call("getMe")
             chat = await self.api.call("getChat", {"chat_id": self.chat_ref})
+            if not isinstance(me, dict):
+                raise Unreadable("getMe answered no user")
             chat_id, chat_username = self._chat_of(chat)
-            username = me.get("username") if isinstance(me, dict) else None
+            username = me.get("username")
         except Refused as error:
             if error.token_refused:
                 raise PermanentError(f"{self.name}: Telegram refused the bot token") from None
@@ -250,12 +252,11 @@ class TelegramNetwork:
         if len(photos) == 1:
             params = {
                 **common,
-                "photo": "attach://photo0",
                 "caption": text or None,
                 "caption_entities": entities or None,
                 "has_spoiler": spoiler,
             }
-            return await self.api.call("sendPhoto", params, self._uploads(photos))
+            return await self.api.call("sendPhoto", params, {"photo": _upload(photos[0], 0)})
         album = [
             {
                 "type": "photo",
@@ -267,13 +268,9 @@ class TelegramNetwork:
             for index in range(len(photos))
         ]
         media = [{key: value for key, value in item.items() if value is not None} for item in album]
-        return await self.api.call(
-            "sendMediaGroup", {**common, "media": media}, self._uploads(photos)
-        )
+        files = {f"photo{index}": _upload(item, index) for index, item in enumerate(photos)}
+        return await self.api.call("sendMediaGroup", {**common, "media": media}, files)
 
-    @staticmethod
-    def _uploads(photos: list[Media]) -> dict[str, Upload]:
-        return {
-            f"photo{index}": Upload(item.data or b"", item.mime or "image/jpeg", f"photo{index}")
-            for index, item in enumerate(photos)
-        }
+
+def _upload(item: Media, index: int) -> Upload:
+    return Upload(item.data or b"", item.mime or "image/jpeg", f"photo{index}")
