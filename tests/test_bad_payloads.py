@@ -431,7 +431,7 @@ async def test_telegram_listener_confirms_unreadable_updates_and_goes_on(
     await network.open()
     listener = TelegramListener(
         "news_tg",
-        network.bot,
+        network.api,
         network.chat_id,
         network.chat_username,
         poll_timeout=1,

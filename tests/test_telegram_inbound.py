@@ -1,7 +1,8 @@
-"""Telegram as a source: the listener long-polls the Telegram sandbox through python-telegram-bot.
+"""Telegram as a source: the listener long-polls the Telegram sandbox through relaybird's Bot API
+client.
 
-People act through the sandbox's helpers (`post_as_user`, `edit_as_user`); a second bot posts what
-people cannot (documents, spoilered photos). The listener hands events to a recording sink that
+People act through the sandbox's helpers (`post_as_user`, `edit_as_user`); a second bot, driven by
+an unmodified python-telegram-bot, posts what people cannot (documents, spoilered photos). The listener hands events to a recording sink that
 also checks that cursors only move forward.
 """
 
@@ -22,18 +23,14 @@ from PIL import Image
 from relaybird.fitting import apply_content_warning
 from relaybird.model import Author, Event, EventKind, Post, Span, SpanKind, Visibility
 from relaybird.networks.telegram import CAPABILITIES
+from relaybird.networks.telegram_api import TelegramApi
 from relaybird.networks.telegram_format import post_to_entities
 from relaybird.networks.telegram_inbound import TelegramListener
 from relaybird.sandbox.telegram import ApiCall, SandboxLimits, TelegramSandbox
 from relaybird.sandbox.telegram_state import SandboxBot, SandboxChat, SandboxUser
 from relaybird.store import StoreUnavailable
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning"),
-    pytest.mark.filterwarnings(
-        "ignore:Please use 'Bot.getUpdates':telegram.warnings.PTBUserWarning"
-    ),
-]
+pytestmark = [pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")]
 
 ACCOUNT = "tg"
 #: Lowered so that a document over the download limit stays small in the test.
@@ -78,7 +75,7 @@ class RecordingSink:
 class World:
     sandbox: TelegramSandbox
     account: SandboxBot
-    bot: telegram.Bot
+    api: TelegramApi
     poster: telegram.Bot
     alice: SandboxUser
     bob: SandboxUser
@@ -88,7 +85,7 @@ class World:
     def listener(self, chat: SandboxChat, album_wait: float = 0.2) -> TelegramListener:
         return TelegramListener(
             ACCOUNT,
-            self.bot,
+            self.api,
             chat.id,
             chat.username,
             poll_timeout=1,
@@ -118,14 +115,15 @@ async def world() -> AsyncIterator[World]:
     group = sandbox.create_group(
         "Chatter", members=[alice.id, bob.id, account.id], username="chatter"
     )
-    bot = telegram.Bot(account.token, base_url=f"{root}/bot", base_file_url=f"{root}/file/bot")
+    api = TelegramApi(account.token, base_url=f"{root}/bot", base_file_url=f"{root}/file/bot")
     poster = telegram.Bot(
         poster_account.token, base_url=f"{root}/bot", base_file_url=f"{root}/file/bot"
     )
     try:
-        async with bot, poster:
-            yield World(sandbox, account, bot, poster, alice, bob, channel, group)
+        async with poster:
+            yield World(sandbox, account, api, poster, alice, bob, channel, group)
     finally:
+        await api.close()
         await sandbox.stop()
 
 

@@ -37,10 +37,7 @@ def names_of(network: Network) -> list[str]:
     if isinstance(network, BlueskyNetwork):
         return [name for name in (network.handle, network.did) if name]
     if isinstance(network, TelegramNetwork):
-        try:
-            username = str(network.bot.username or "")
-        except RuntimeError:  # not logged in yet
-            username = ""
+        username = network.username  # empty until the network is opened
         return [username] if username else []
     return []
 

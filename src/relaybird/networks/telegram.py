@@ -1,4 +1,4 @@
-"""Telegram: posting to a channel or group through python-telegram-bot's `Bot`.
+"""Telegram: posting to a channel or group through the Bot API (`telegram_api`).
 
 The Bot API has no idempotency key, so a send whose outcome is unknown (a timeout after the request
 left) is never retried automatically: Telegram delivery is at most once, and such a delivery is
@@ -8,28 +8,13 @@ retried as usual.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import time
 import uuid
 from typing import Any
 
-import httpx
-from telegram import Bot, InputMediaPhoto, Message, MessageEntity, ReplyParameters
-from telegram.error import (
-    BadRequest,
-    ChatMigrated,
-    Forbidden,
-    InvalidToken,
-    NetworkError,
-    RetryAfter,
-    TelegramError,
-    TimedOut,
-)
-
 from relaybird import richtext
 from relaybird.config import TelegramAccount
-from relaybird.model import Post, TargetRef
+from relaybird.model import Media, Post, TargetRef
 from relaybird.networks.base import (
     Capabilities,
     EventSink,
@@ -37,6 +22,17 @@ from relaybird.networks.base import (
     RateLimited,
     ReplyTarget,
     TemporaryError,
+)
+from relaybird.networks.telegram_api import (
+    ApiError,
+    ChatMigrated,
+    FloodWait,
+    InDoubt,
+    NotSent,
+    Refused,
+    TelegramApi,
+    Unreadable,
+    Upload,
 )
 from relaybird.networks.telegram_format import post_to_entities
 
@@ -52,38 +48,17 @@ CAPABILITIES = Capabilities(
     idempotent_create=False,
 )
 
-
-#: What python-telegram-bot raises when a 200 carries JSON it cannot read as the promised object
-#: (no `result`, a list instead of a message, a field of the wrong type).
-UNREADABLE_RESULT: tuple[type[Exception], ...] = (KeyError, TypeError, ValueError, AttributeError)
+#: Refusals that say the edit or delete itself cannot work; others are waited out.
+_REFUSING = frozenset({400, 403})
 
 
-#: After these on a send, the message may or may not be in the chat.
-OUTCOME_UNKNOWN: tuple[type[Exception], ...] = (TelegramError, *UNREADABLE_RESULT)
-
-
-def short(message: str, limit: int = 160) -> str:
-    """One line of a Telegram error: PTB puts whole response bodies (HTML pages) in messages."""
-    line = message.split(". Parsing the server response", 1)[0].splitlines()[0] if message else ""
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def never_sent(error: NetworkError) -> bool:
-    """Whether a failed send certainly did not post: refused with an HTTP error status (a 5xx
-    from the server or its gateway), or the connection was never made.
-
-    A transport failure after connecting (a reset, a broken answer) leaves the outcome unknown,
-    and Telegram has no idempotency key, so such a send is not repeated.
-    """
-    cause = error.__cause__
-    if not isinstance(cause, httpx.HTTPError):
-        return True
-    return isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
-
-
-def retry_seconds(error: RetryAfter) -> float:
-    value = error.retry_after
-    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+def message_id_of(result: Any) -> int:
+    """The id of the Message a send answered with; Unreadable when the answer is not one."""
+    message = result[0] if isinstance(result, list) and result else result
+    found = message.get("message_id") if isinstance(message, dict) else None
+    if not isinstance(found, int) or isinstance(found, bool):
+        raise Unreadable("answer is not a message")
+    return found
 
 
 class TelegramNetwork:
@@ -95,44 +70,59 @@ class TelegramNetwork:
         self.name = account.name
         root = str(account.base_url).rstrip("/")
         self.chat_ref: str | int = account.chat
-        self.bot = Bot(
+        self.api = TelegramApi(
             account.bot_token.get_secret_value(),
             base_url=f"{root}/bot",
             base_file_url=f"{root}/file/bot",
         )
         self.chat_id: int = 0
         self.chat_username: str | None = None
+        #: The bot's own username (without @), known once `open` has asked getMe.
+        self.username: str = ""
 
     async def open(self) -> None:
         try:
-            await self.bot.initialize()
-            chat = await self.bot.get_chat(self.chat_ref)
-        except InvalidToken as error:
-            raise PermanentError(f"{self.name}: Telegram refused the bot token") from error
-        except (BadRequest, Forbidden) as error:
-            raise PermanentError(
-                f"{self.name}: cannot use chat {self.chat_ref}: {error.message}"
-            ) from error
-        except TelegramError as error:
+            me = await self.api.call("getMe")
+            chat = await self.api.call("getChat", {"chat_id": self.chat_ref})
+            if not isinstance(me, dict):
+                raise Unreadable("getMe answered no user")
+            chat_id, chat_username = self._chat_of(chat)
+            username = me.get("username")
+        except Refused as error:
+            if error.token_refused:
+                raise PermanentError(f"{self.name}: Telegram refused the bot token") from None
+            if error.code in _REFUSING:
+                raise PermanentError(
+                    f"{self.name}: cannot use chat {self.chat_ref}: {error.description}"
+                ) from None
+            raise TemporaryError(f"{self.name}: Telegram unreachable: {error}") from None
+        except Unreadable as error:
             raise TemporaryError(
-                f"{self.name}: Telegram unreachable: {type(error).__name__}"
-            ) from error
-        except UNREADABLE_RESULT as error:
-            raise TemporaryError(
-                f"{self.name}: unreadable answer from Telegram ({type(error).__name__})"
+                f"{self.name}: unreadable answer from Telegram ({error})"
             ) from None
-        self.chat_id = chat.id
-        self.chat_username = chat.username
+        except ApiError as error:
+            raise TemporaryError(f"{self.name}: Telegram unreachable: {error}") from None
+        self.chat_id = chat_id
+        self.chat_username = chat_username
+        self.username = username if isinstance(username, str) else ""
+
+    @staticmethod
+    def _chat_of(chat: Any) -> tuple[int, str | None]:
+        found = chat.get("id") if isinstance(chat, dict) else None
+        if not isinstance(found, int) or isinstance(found, bool):
+            raise Unreadable("answer is not a chat")
+        username = chat.get("username")
+        return found, username if isinstance(username, str) and username else None
 
     async def close(self) -> None:
-        await self.bot.shutdown()
+        await self.api.close()
 
     async def listen(self, cursor: str | None, sink: EventSink) -> None:
         from relaybird.networks.telegram_inbound import TelegramListener
 
         listener = TelegramListener(
             self.name,
-            self.bot,
+            self.api,
             self.chat_id,
             self.chat_username,
             poll_timeout=int(self.account.poll_timeout),
@@ -147,75 +137,57 @@ class TelegramNetwork:
     async def edit(self, ref: TargetRef, post: Post) -> TargetRef:
         """Edit the text, or the caption when the copy is a photo or album."""
         text, entities = post_to_entities(post)
-        message_entities = [MessageEntity(**entity) for entity in entities] or None
-        message_id = self._message_id(ref)
+        target = {"chat_id": self.chat_id, "message_id": self._message_id(ref)}
         try:
             try:
-                await self.bot.edit_message_text(
-                    text=text,
-                    entities=message_entities,
-                    chat_id=self.chat_id,
-                    message_id=message_id,
+                await self.api.call(
+                    "editMessageText", {**target, "text": text, "entities": entities or None}
                 )
-            except BadRequest as error:
-                if "no text in the message" not in error.message.lower():
+            except Refused as error:
+                if error.code != 400 or "no text in the message" not in error.description.lower():
                     raise
-                await self.bot.edit_message_caption(
-                    caption=text,
-                    caption_entities=message_entities,
-                    chat_id=self.chat_id,
-                    message_id=message_id,
+                await self.api.call(
+                    "editMessageCaption",
+                    {**target, "caption": text, "caption_entities": entities or None},
                 )
-        except RetryAfter as error:
-            raise RateLimited(
-                f"{self.name}: flood control", time.time() + retry_seconds(error)
-            ) from error
-        except (BadRequest, Forbidden) as error:
-            if "not modified" in error.message.lower():
+        except Refused as error:
+            if error.code not in _REFUSING:
+                raise TemporaryError(f"{self.name}: {error}") from None
+            if "not modified" in error.description.lower():
                 return ref
-            raise PermanentError(
-                f"{self.name}: Telegram refused the edit: {short(error.message)}"
-            ) from error
-        except NetworkError as error:
-            raise TemporaryError(f"{self.name}: network error: {short(error.message)}") from error
-        except TelegramError as error:
-            raise TemporaryError(f"{self.name}: {short(error.message)}") from error
-        except UNREADABLE_RESULT as error:
-            raise self._unreadable(error) from None
+            raise PermanentError(f"{self.name}: Telegram refused the edit: {error}") from None
+        except ApiError as error:
+            raise self._retryable(error) from None
         return ref
 
     async def delete(self, ref: TargetRef) -> None:
+        params = {"chat_id": self.chat_id, "message_id": self._message_id(ref)}
         try:
-            await self.bot.delete_message(chat_id=self.chat_id, message_id=self._message_id(ref))
-        except RetryAfter as error:
-            raise RateLimited(
-                f"{self.name}: flood control", time.time() + retry_seconds(error)
-            ) from error
-        except BadRequest as error:
-            if "not found" not in error.message.lower():
-                raise PermanentError(
-                    f"{self.name}: Telegram refused the delete: {short(error.message)}"
-                ) from error
-        except NetworkError as error:
-            raise TemporaryError(f"{self.name}: network error: {short(error.message)}") from error
-        except TelegramError as error:
-            raise TemporaryError(f"{self.name}: {short(error.message)}") from error
-        except UNREADABLE_RESULT as error:
-            raise self._unreadable(error) from None
+            await self.api.call("deleteMessage", params)
+        except Refused as error:
+            if error.code != 400:
+                raise TemporaryError(f"{self.name}: {error}") from None
+            if "not found" not in error.description.lower():
+                raise PermanentError(f"{self.name}: Telegram refused the delete: {error}") from None
+        except ApiError as error:
+            raise self._retryable(error) from None
 
-    def _unreadable(self, error: Exception) -> TemporaryError:
-        return TemporaryError(
-            f"{self.name}: unreadable answer from Telegram ({type(error).__name__})"
-        )
+    def _retryable(self, error: ApiError) -> TemporaryError:
+        """The error of an edit or delete that may be made again: repeating them is harmless."""
+        if isinstance(error, FloodWait):
+            return RateLimited(f"{self.name}: flood control", error.retry_at)
+        if isinstance(error, Unreadable):
+            return TemporaryError(f"{self.name}: unreadable answer from Telegram ({error})")
+        if isinstance(error, NotSent | InDoubt):
+            return TemporaryError(f"{self.name}: network error: {error}")
+        return TemporaryError(f"{self.name}: {error}")
 
     def new_key(self) -> str:
         return uuid.uuid4().hex
 
-    def _ref(self, message: Message) -> TargetRef:
-        url = (
-            f"https://t.me/{self.chat_username}/{message.message_id}" if self.chat_username else ""
-        )
-        return TargetRef(id=f"{self.chat_id}:{message.message_id}", url=url)
+    def _ref(self, message_id: int) -> TargetRef:
+        url = f"https://t.me/{self.chat_username}/{message_id}" if self.chat_username else ""
+        return TargetRef(id=f"{self.chat_id}:{message_id}", url=url)
 
     async def publish(
         self, post: Post, reply_to: ReplyTarget | None, key: str, retrying: bool
@@ -223,78 +195,82 @@ class TelegramNetwork:
         """Send one part. There is no idempotency key: a send whose outcome cannot be known (a
         timeout, a success answer that cannot be read) is dead-lettered, never retried blindly."""
         text, entities = post_to_entities(post)
-        message_entities = [MessageEntity(**entity) for entity in entities]
         reply = None
         if reply_to is not None:
-            reply = ReplyParameters(
-                message_id=int(reply_to.parent.id.rsplit(":", 1)[1]),
-                allow_sending_without_reply=True,
-            )
+            reply = {
+                "message_id": int(reply_to.parent.id.rsplit(":", 1)[1]),
+                "allow_sending_without_reply": True,
+            }
         try:
-            return self._ref(await self._send(post, text, message_entities, reply))
-        except RetryAfter as error:
-            retry_at = time.time() + retry_seconds(error)
-            raise RateLimited(
-                f"{self.name}: flood control, retry in {retry_seconds(error):.0f} s", retry_at
-            ) from error
-        except TimedOut as error:
-            raise PermanentError(
+            return self._ref(message_id_of(await self._send(post, text, entities, reply)))
+        except ApiError as error:
+            raise self._send_failure(error) from None
+
+    def _send_failure(self, error: ApiError) -> Exception:
+        """What a failed send means for the worker: retried only when it certainly did not post."""
+        if isinstance(error, FloodWait):
+            return RateLimited(f"{self.name}: {error}", error.retry_at)
+        if isinstance(error, NotSent):
+            return TemporaryError(f"{self.name}: network error: {error}")
+        if isinstance(error, Refused):
+            return PermanentError(f"{self.name}: Telegram refused the message: {error}")
+        if isinstance(error, ChatMigrated):
+            return PermanentError(
+                f"{self.name}: the group became supergroup {error.new_chat_id}; set `chat` to it"
+            )
+        if isinstance(error, InDoubt) and error.timed_out:
+            return PermanentError(
                 f"{self.name}: timed out; Telegram cannot tell whether the message landed, so it is"
                 " not retried automatically (check the chat, then `relaybird retry`)"
-            ) from error
-        except (BadRequest, Forbidden, InvalidToken) as error:
-            raise PermanentError(
-                f"{self.name}: Telegram refused the message: {short(error.message)}"
-            ) from error
-        except NetworkError as error:
-            if never_sent(error):
-                raise TemporaryError(
-                    f"{self.name}: network error: {short(error.message)}"
-                ) from error
-            raise PermanentError(
-                f"{self.name}: the connection broke after the message was sent"
-                f" ({short(error.message)}); it may have landed, so it is not retried"
-                " automatically (check the chat, then `relaybird retry`)"
-            ) from error
-        except ChatMigrated as error:
-            raise PermanentError(
-                f"{self.name}: the group became supergroup {error.new_chat_id}; set `chat` to it"
-            ) from error
-        except OUTCOME_UNKNOWN as error:
-            raise PermanentError(
-                f"{self.name}: Telegram accepted the message but its answer could not be read"
-                f" ({type(error).__name__}); it may have landed, so it is not retried"
-                " automatically (check the chat, then `relaybird retry`)"
-            ) from None
+            )
+        if isinstance(error, InDoubt):
+            return PermanentError(
+                f"{self.name}: the connection broke after the message was sent ({error}); it may"
+                " have landed, so it is not retried automatically (check the chat, then"
+                " `relaybird retry`)"
+            )
+        return PermanentError(
+            f"{self.name}: Telegram accepted the message but its answer could not be read"
+            f" ({error}); it may have landed, so it is not retried automatically (check the chat,"
+            " then `relaybird retry`)"
+        )
 
     async def _send(
         self,
         post: Post,
         text: str,
-        entities: list[MessageEntity],
-        reply: ReplyParameters | None,
-    ) -> Message:
+        entities: list[dict[str, Any]],
+        reply: dict[str, Any] | None,
+    ) -> Any:
+        """The raw answer of the send: one Message, or the Messages of an album."""
         common: dict[str, Any] = {"chat_id": self.chat_id, "reply_parameters": reply}
-        photos = [item.data for item in post.media if item.data is not None]
+        photos = [item for item in post.media if item.data is not None]
         spoiler = post.sensitive or any(item.sensitive for item in post.media)
         if not photos:
-            return await self.bot.send_message(text=text, entities=entities or None, **common)
+            params = {**common, "text": text, "entities": entities or None}
+            return await self.api.call("sendMessage", params)
         if len(photos) == 1:
-            return await self.bot.send_photo(
-                photo=photos[0],
-                caption=text or None,
-                caption_entities=entities or None,
-                has_spoiler=spoiler,
+            params = {
                 **common,
-            )
+                "caption": text or None,
+                "caption_entities": entities or None,
+                "has_spoiler": spoiler,
+            }
+            return await self.api.call("sendPhoto", params, {"photo": _upload(photos[0], 0)})
         album = [
-            InputMediaPhoto(
-                media=data,
-                caption=text if index == 0 and text else None,
-                caption_entities=entities if index == 0 and entities else None,
-                has_spoiler=spoiler,
-            )
-            for index, data in enumerate(photos)
+            {
+                "type": "photo",
+                "media": f"attach://photo{index}",
+                "caption": text if index == 0 and text else None,
+                "caption_entities": entities if index == 0 and entities else None,
+                "has_spoiler": spoiler,
+            }
+            for index in range(len(photos))
         ]
-        messages = await self.bot.send_media_group(media=album, **common)
-        return messages[0]
+        media = [{key: value for key, value in item.items() if value is not None} for item in album]
+        files = {f"photo{index}": _upload(item, index) for index, item in enumerate(photos)}
+        return await self.api.call("sendMediaGroup", {**common, "media": media}, files)
+
+
+def _upload(item: Media, index: int) -> Upload:
+    return Upload(item.data or b"", item.mime or "image/jpeg", f"photo{index}")

@@ -18,32 +18,25 @@ without any update Telegram may start them afresh at a random value, which a cur
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import random
 import time
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import aiohttp
-import telegram
-from telegram.error import (
-    BadRequest,
-    Conflict,
-    Forbidden,
-    InvalidToken,
-    NetworkError,
-    RetryAfter,
-    TelegramError,
-)
-from telegram.warnings import PTBUserWarning
-
 from relaybird.media import MediaFetcher, MediaPolicy
 from relaybird.model import Author, Event, EventKind, Media, Post
 from relaybird.networks.base import EventSink, TemporaryError
-from relaybird.networks.telegram import OUTCOME_UNKNOWN, UNREADABLE_RESULT
+from relaybird.networks.telegram_api import (
+    ApiError,
+    FloodWait,
+    InDoubt,
+    NotSent,
+    Refused,
+    TelegramApi,
+    Unreadable,
+)
 from relaybird.networks.telegram_format import file_id_of, message_to_post
 from relaybird.richtext import PayloadError, as_dict, as_id, as_int, as_text
 
@@ -59,16 +52,6 @@ _REMEMBERED_ALBUMS = 256
 _ALBUM_POLL_INTERVAL = 0.1
 #: Seconds a long poll may take beyond its own `timeout` before the read counts as failed.
 _READ_MARGIN = 10.0
-
-# Updates are fetched raw (`do_api_request`), so that one update PTB cannot parse is skipped
-# alone instead of failing every poll; PTB asks, with a warning, to use `get_updates` instead.
-warnings.filterwarnings("ignore", message=r"Please use 'Bot\.getUpdates'", category=PTBUserWarning)
-
-
-def _retry_seconds(error: RetryAfter) -> float:
-    value = error.retry_after
-    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
-
 
 _GROUPS = frozenset({"group", "supergroup"})
 
@@ -125,7 +108,7 @@ class TelegramListener:
     def __init__(
         self,
         name: str,
-        bot: telegram.Bot,
+        api: TelegramApi,
         chat_id: int,
         chat_username: str | None,
         *,
@@ -137,7 +120,7 @@ class TelegramListener:
     ) -> None:
         """Media are fetched from the Bot API's file host only, plus any `media_hosts` entries."""
         self.name = name
-        self.bot = bot
+        self.api = api
         self.chat_id = chat_id
         self.chat_username = chat_username
         self.poll_timeout = poll_timeout
@@ -153,7 +136,7 @@ class TelegramListener:
         self._open: set[int] = set()
         self._albums: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self.media_policy = replace(
-            MediaPolicy.of(bot.base_file_url, extra_hosts=media_hosts),
+            MediaPolicy.of(api.base_file_url, extra_hosts=media_hosts),
             max_bytes=MAX_GETFILE_BYTES,
         )
         self._media: MediaFetcher | None = None
@@ -162,9 +145,8 @@ class TelegramListener:
 
     async def run(self, cursor: str | None, sink: EventSink) -> None:
         """Poll until cancelled; failures are waited out here, never raised to the caller."""
-        async with aiohttp.ClientSession() as http:
-            self._media = MediaFetcher(http, self.media_policy, self.name)
-            await self._poll(cursor, sink)
+        self._media = MediaFetcher(self.api.session(), self.media_policy, self.name)
+        await self._poll(cursor, sink)
 
     async def _poll(self, cursor: str | None, sink: EventSink) -> None:
         if cursor is not None:
@@ -176,28 +158,16 @@ class TelegramListener:
                     await self._start_fresh(sink)
                 await self._cycle(sink)
                 failures = 0
-            except RetryAfter as error:
-                wait = _retry_seconds(error)
+            except FloodWait as error:
                 log.warning(
-                    "%s: Telegram asks to wait %.0f s before polling again", self.name, wait
-                )
-                await asyncio.sleep(wait)
-            except Conflict:
-                failures += 1
-                sink.set_connected(
+                    "%s: Telegram asks to wait %.0f s before polling again",
                     self.name,
-                    False,
-                    "another program is polling this bot's updates; stop it or give relaybird"
-                    " a bot of its own",
+                    error.retry_after,
                 )
-                await self._back_off(failures, "another getUpdates poller")
-            except (InvalidToken, Forbidden) as error:
+                await asyncio.sleep(error.retry_after)
+            except ApiError as error:
                 failures += 1
-                sink.set_connected(self.name, False, f"Telegram refused the bot: {error.message}")
-                await self._back_off(failures, "refused")
-            except TelegramError as error:
-                failures += 1
-                sink.set_connected(self.name, False, f"polling failed: {type(error).__name__}")
+                sink.set_connected(self.name, False, self._failure_detail(error))
                 await self._back_off(failures, type(error).__name__)
             except TemporaryError as error:
                 # The sink could not take an update (the store refused a write): it stays held
@@ -205,6 +175,18 @@ class TelegramListener:
                 failures += 1
                 sink.set_connected(self.name, False, "an update could not be handed on")
                 await self._back_off(failures, type(error).__name__)
+
+    @staticmethod
+    def _failure_detail(error: ApiError) -> str:
+        """What `relaybird status` shows while polling fails."""
+        if isinstance(error, Refused) and error.code == 409:
+            return (
+                "another program is polling this bot's updates; stop it or give relaybird"
+                " a bot of its own"
+            )
+        if isinstance(error, Refused) and (error.token_refused or error.code == 403):
+            return f"Telegram refused the bot: {error.description}"
+        return f"polling failed: {error}"
 
     async def _back_off(self, failures: int, reason: str) -> None:
         """Exponential, jittered so that restarted instances do not poll in step."""
@@ -244,27 +226,20 @@ class TelegramListener:
     async def _get_updates(self, offset: int, timeout: int) -> list[dict[str, Any]]:
         """The updates as the Bot API sent them (JSON objects), each to be read on its own.
 
-        An answer that is not a list of updates is a failed poll (a TelegramError), waited out
+        An answer that is not a list of updates is a failed poll (`Unreadable`), waited out
         like any other; the offset does not move, so nothing is lost.
         """
-        try:
-            result = await self.bot.do_api_request(
-                "getUpdates",
-                api_kwargs={
-                    "offset": offset,
-                    "timeout": timeout,
-                    "allowed_updates": list(ALLOWED_UPDATES),
-                },
-                read_timeout=timeout + _READ_MARGIN,
-            )
-        except UNREADABLE_RESULT as error:
-            raise TelegramError(f"unreadable getUpdates answer ({type(error).__name__})") from None
+        result = await self.api.call(
+            "getUpdates",
+            {"offset": offset, "timeout": timeout, "allowed_updates": list(ALLOWED_UPDATES)},
+            read_timeout=timeout + _READ_MARGIN,
+        )
         if not isinstance(result, list):
-            raise TelegramError("getUpdates answered something other than a list")
+            raise Unreadable("getUpdates answered something other than a list")
         updates = [update if isinstance(update, dict) else {} for update in result]
         if updates and all(as_int(update.get("update_id")) is None for update in updates):
             # Nothing to confirm them by: polling again at once would get them again at once.
-            raise TelegramError("getUpdates answered updates without an update_id")
+            raise Unreadable("getUpdates answered updates without an update_id")
         return updates
 
     # ---------------------------------------------------------------------------------- holding
@@ -399,26 +374,25 @@ class TelegramListener:
         if file_id is None or self._media is None:
             return item
         try:
-            found = await self.bot.get_file(file_id)
-        except BadRequest as error:  # a NetworkError in PTB's tree, but about this file only
-            log.warning("%s: cannot fetch %s (%s); linking to it", self.name, item.mime, error)
-            return item
-        except (RetryAfter, NetworkError):
+            found = await self.api.call("getFile", {"file_id": file_id})
+        except (FloodWait, NotSent, InDoubt):
             raise
-        except OUTCOME_UNKNOWN as error:
+        except ApiError as error:
             log.warning("%s: cannot fetch %s (%s); linking to it", self.name, item.mime, error)
             return item
-        if found.file_size is not None and found.file_size > MAX_GETFILE_BYTES:
+        size = found.get("file_size") if isinstance(found, dict) else None
+        if isinstance(size, int) and size > MAX_GETFILE_BYTES:
             log.warning(
                 "%s: %s of %d bytes is over Telegram's %d-byte download limit; linking to it",
                 self.name,
                 item.mime,
-                found.file_size,
+                size,
                 MAX_GETFILE_BYTES,
             )
             return item
-        url = found.file_path or ""
-        if not url.startswith(("http://", "https://")):
+        path = found.get("file_path") if isinstance(found, dict) else None
+        if not isinstance(path, str) or not path:
             log.warning("%s: %s has no file URL to fetch; linking to it", self.name, item.mime)
             return item
+        url = self.api.file_url(path)
         return await self._media.fetch(item, url=url, label=f"Telegram {item.mime} file")
