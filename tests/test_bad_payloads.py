@@ -22,7 +22,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from atproto_subscription.frames import MessageFrameHeader, parse_frame
 from conftest import Networks
 from harness import LoopThread, wait_for
 
@@ -31,7 +30,7 @@ from relaybird.media import MediaFetcher, MediaPolicy
 from relaybird.model import Event, Post, TargetRef
 from relaybird.networks.base import PermanentError, TemporaryError
 from relaybird.networks.bluesky import BlueskyNetwork
-from relaybird.networks.bluesky_inbound import Context, FirehoseSource
+from relaybird.networks.bluesky_inbound import Context, FirehoseSource, Frame
 from relaybird.networks.mastodon import MastodonNetwork
 from relaybird.networks.telegram import TelegramNetwork
 from relaybird.networks.telegram_inbound import TelegramListener
@@ -398,6 +397,16 @@ def accounts(networks: Networks) -> dict[str, Any]:
     return dict(load_config(networks.write_config(), networks.env).accounts)
 
 
+@pytest.fixture
+async def bsky(networks: Networks, tmp_path: Path) -> AsyncIterator[BlueskyNetwork]:
+    """The Bluesky adapter on the sandbox, closed (with its HTTP session) after the test."""
+    network = BlueskyNetwork(accounts(networks)["news_bsky"], Store(tmp_path / "s.sqlite3"))
+    try:
+        yield network
+    finally:
+        await network.close()
+
+
 async def test_mastodon_listener_saves_the_cursor_past_an_unreadable_status(
     networks: Networks,
 ) -> None:
@@ -471,7 +480,7 @@ async def test_firehose_skips_an_unreadable_commit_of_ours_and_saves_its_seq() -
             {"seq": 6, "repo": did, "rev": 7, "commit": None, "ops": [{"path": 1}]},
         ]
         for body in bodies:
-            await source._on_frame(parse_frame(MessageFrameHeader(t="#commit"), body))
+            await source._on_frame(Frame("#commit", body))
     assert sink.events == []
     assert sorted(set(sink.cursors)) == ["5", "6"], "each skipped commit's seq is saved"
     assert sink.cursors == sorted(sink.cursors)
@@ -569,9 +578,9 @@ async def test_mastodon_adapter_open_retries_on_an_html_instance_answer(networks
 
 @pytest.mark.parametrize("answer", ["html_page", "html_error", "cut_json", "wrong_shape"])
 async def test_bluesky_publish_retries_on_an_unreadable_answer(
-    networks: Networks, answer: str, tmp_path: Path
+    networks: Networks, answer: str, bsky: BlueskyNetwork
 ) -> None:
-    network = BlueskyNetwork(accounts(networks)["news_bsky"], Store(tmp_path / "s.sqlite3"))
+    network = bsky
     await network.open()
 
     async def interceptor(request: web.Request, nsid: str) -> web.StreamResponse | None:

@@ -20,6 +20,7 @@ import pytest
 
 from relaybird.model import Event, EventKind, SpanKind
 from relaybird.networks.bluesky_inbound import BlueskyListener, Mode, tid_for
+from relaybird.networks.xrpc import Session, XrpcClient
 from relaybird.sandbox.jetstream import JetstreamServer
 from relaybird.store import StoreUnavailable
 from tests.realpds import RealPds
@@ -83,12 +84,21 @@ class Rig:
     pds: RealPds
     jetstream: JetstreamServer
     mode: Mode
+    clients: list[XrpcClient] = field(default_factory=list)
+
+    def reader(self, me: Writer) -> XrpcClient:
+        """An XRPC client on the writer's session, as the adapter hands its listener one."""
+        tokens = self.pds.sessions[me.did]
+        session = Session(me.handle, me.did, tokens["accessJwt"], tokens["refreshJwt"])
+        client = XrpcClient(self.pds.url, session=session)
+        self.clients.append(client)
+        return client
 
     def listener(self, me: Writer, **options: Any) -> BlueskyListener:
         settings: dict[str, Any] = {"poll_interval": 0.1, "reconnect_base": 0.05, **options}
         return BlueskyListener(
             ACCOUNT,
-            me.client,
+            self.reader(me),
             me.did,
             me.handle,
             mode=self.mode,
@@ -111,10 +121,13 @@ class Rig:
 async def rig(request: pytest.FixtureRequest, real_pds: RealPds) -> AsyncIterator[Rig]:
     server = JetstreamServer(real_pds.url)
     await server.start()
+    rig = Rig(real_pds, server, request.param)
     try:
-        yield Rig(real_pds, server, request.param)
+        yield rig
     finally:
         await server.stop()
+        for client in rig.clients:
+            await client.close()
 
 
 def modes(*names: Mode) -> pytest.MarkDecorator:

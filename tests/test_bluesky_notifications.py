@@ -20,6 +20,7 @@ from atproto import AsyncClient
 
 from relaybird.model import Event, EventKind, SpanKind
 from relaybird.networks.bluesky_notifications import BlueskyNotifications, parse_time
+from relaybird.networks.xrpc import Session, XrpcClient
 from tests.appview import AppViewNetwork
 from tests.appview import wait_until as wait_sync
 
@@ -87,6 +88,8 @@ class Person:
     did: str
     handle: str
     client: AsyncClient
+    #: The same session as relaybird's adapter reads with: what the listener is given.
+    reader: XrpcClient
 
     async def write(self, collection: str, record: dict[str, Any]) -> tuple[str, str]:
         answer = await self.client.com.atproto.repo.create_record(
@@ -123,7 +126,7 @@ class Rig:
     def listener(self, **options: Any) -> BlueskyNotifications:
         settings: dict[str, Any] = {"poll_interval": 0.1, "reconnect_base": 0.05, **options}
         return BlueskyNotifications(
-            ACCOUNT, self.me.client, self.me.did, self.me.handle, **settings
+            ACCOUNT, self.me.reader, self.me.did, self.me.handle, **settings
         )
 
     async def start(self, cursor: str | None = None, **options: Any) -> RecordingSink:
@@ -162,7 +165,8 @@ class Account:
         )
         client = AsyncClient(base_url=f"{network.url}/xrpc")
         await client.login(session_string=session, fetch_bsky_profile=False)
-        return Person(self.did, self.handle, client)
+        reader = XrpcClient(network.url, session=Session.parse(session))
+        return Person(self.did, self.handle, client, reader)
 
 
 def new_account(network: AppViewNetwork, prefix: str, display_name: str = "") -> Account:
@@ -202,6 +206,8 @@ async def rig(
         yield made
     finally:
         await made.stop()
+        await made.me.reader.close()
+        await made.bob.reader.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -371,7 +377,7 @@ async def test_failures_are_reported_and_retried_with_backoff(
     appview_network: AppViewNetwork,
 ) -> None:
     # A client that never logged in: the PDS refuses every call.
-    client = AsyncClient(base_url=f"{appview_network.url}/xrpc")
+    client = XrpcClient(appview_network.url)
     listener = BlueskyNotifications(ACCOUNT, client, "did:plc:nobody", "nobody.test",
                                     poll_interval=0.05, reconnect_base=0.01, reconnect_max=0.05)  # fmt: skip
     sink = RecordingSink()
@@ -381,6 +387,7 @@ async def test_failures_are_reported_and_retried_with_backoff(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        await client.close()
     failures = sink.health[:-1]
     assert all(not up and detail.startswith("mentions: ") for up, detail in failures)
     assert sink.health[-1] == (False, "mentions stopped")

@@ -8,6 +8,7 @@ must turn them into the time the account is held until, and the budget the worke
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,16 @@ from relaybird.store import Store
 
 def accounts(networks: Networks) -> dict[str, Any]:
     return dict(load_config(networks.write_config(), networks.env).accounts)
+
+
+@pytest.fixture
+async def bsky(networks: Networks, tmp_path: Path) -> AsyncIterator[BlueskyNetwork]:
+    """The Bluesky adapter on the sandbox, closed (with its HTTP session) after the test."""
+    network = BlueskyNetwork(accounts(networks)["news_bsky"], Store(tmp_path / "s.sqlite3"))
+    try:
+        yield network
+    finally:
+        await network.close()
 
 
 def text_post(text: str) -> Post:
@@ -123,9 +134,9 @@ async def test_mastodon_reports_the_budget_the_server_announced(networks: Networ
 
 
 async def test_bluesky_publish_429_holds_until_the_window_resets(
-    networks: Networks, tmp_path: Path
+    networks: Networks, bsky: BlueskyNetwork
 ) -> None:
-    network = BlueskyNetwork(accounts(networks)["news_bsky"], Store(tmp_path / "s.sqlite3"))
+    network = bsky
     await network.open()
     networks.loop.call(
         lambda: networks.bsky.faults.fail(429, times=1, match="createRecord", retry_after=20)
@@ -136,9 +147,9 @@ async def test_bluesky_publish_429_holds_until_the_window_resets(
 
 
 async def test_bluesky_delete_429_holds_until_the_window_resets(
-    networks: Networks, tmp_path: Path
+    networks: Networks, bsky: BlueskyNetwork
 ) -> None:
-    network = BlueskyNetwork(accounts(networks)["news_bsky"], Store(tmp_path / "s.sqlite3"))
+    network = bsky
     await network.open()
     ref = await network.publish(text_post("to delete"), None, network.new_key(), False)
     networks.loop.call(
@@ -150,9 +161,9 @@ async def test_bluesky_delete_429_holds_until_the_window_resets(
 
 
 async def test_bluesky_429_with_retry_after_waits_that_long(
-    networks: Networks, tmp_path: Path
+    networks: Networks, bsky: BlueskyNetwork
 ) -> None:
-    network = BlueskyNetwork(accounts(networks)["news_bsky"], Store(tmp_path / "s.sqlite3"))
+    network = bsky
     await network.open()
 
     async def interceptor(request: web.Request, nsid: str) -> web.StreamResponse | None:

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any
 from urllib.parse import urlsplit
 
-from atproto_client.exceptions import AtProtocolError
-
 from relaybird.model import Post, TargetRef
-from relaybird.networks.base import Network, ReplyTarget, TemporaryError
+from relaybird.networks.base import (
+    DeliveryError,
+    Network,
+    RateLimited,
+    ReplyTarget,
+    TemporaryError,
+)
 from relaybird.networks.bluesky import BlueskyNetwork
 from relaybird.networks.bluesky_format import PayloadError, profile_url, record_to_post
 from relaybird.networks.mastodon import MastodonNetwork
 from relaybird.networks.mastodon_format import status_to_post
 from relaybird.networks.telegram import TelegramNetwork
+from relaybird.richtext import as_dict, as_text
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +65,21 @@ async def _bluesky_reply_target(network: BlueskyNetwork, uri: str) -> ReplyTarge
     """A Bluesky reply names its parent and its thread's root, each by uri and cid."""
     repo, collection, rkey = _at_uri(uri)
     try:
-        found = await network.client.com.atproto.repo.get_record(
-            {"repo": repo, "collection": collection, "rkey": rkey}
-        )
-    except AtProtocolError as error:
+        found = await network.get_record(repo, collection, rkey)
+    except RateLimited:
+        raise
+    except DeliveryError as error:
         raise TemporaryError(
             f"{network.name}: cannot read {uri}: {type(error).__name__}"
         ) from error
-    parent = TargetRef(id=str(found.uri), cid=str(found.cid or ""))
-    reply = getattr(found.value, "reply", None)
-    if reply is None:
+    parent = TargetRef(id=as_text(found.get("uri")) or uri, cid=as_text(found.get("cid")))
+    reply = as_dict(as_dict(found.get("value")).get("reply"))
+    root = as_dict(reply.get("root"))
+    if not reply or not as_text(root.get("uri")):
         return ReplyTarget(parent=parent, root=parent)
-    root = TargetRef(id=str(reply.root.uri), cid=str(reply.root.cid))
-    return ReplyTarget(parent=parent, root=root)
+    return ReplyTarget(
+        parent=parent, root=TargetRef(id=as_text(root.get("uri")), cid=as_text(root.get("cid")))
+    )
 
 
 def _at_uri(uri: str) -> tuple[str, str, str]:
@@ -97,8 +103,7 @@ async def fetch_post(network: Network, post_id: str) -> Post | None:
         if isinstance(network, BlueskyNetwork):
             return await _bluesky_post(network, post_id)
     except (
-        TemporaryError,
-        AtProtocolError,
+        DeliveryError,
         PayloadError,
         KeyError,
         TypeError,
@@ -110,18 +115,18 @@ async def fetch_post(network: Network, post_id: str) -> Post | None:
 
 async def _bluesky_post(network: BlueskyNetwork, uri: str) -> Post | None:
     repo, collection, rkey = _at_uri(uri)
-    found = await network.client.com.atproto.repo.get_record(
-        {"repo": repo, "collection": collection, "rkey": rkey}
-    )
+    found = await network.get_record(repo, collection, rkey)
     handle = repo
     try:
-        profile = await network.client.app.bsky.actor.get_profile({"actor": repo})
-        handle = str(profile.handle)
-        name = str(profile.display_name or "")
-    except AtProtocolError:
+        profile = await network.get_profile(repo)
+        handle = as_text(profile.get("handle")) or repo
+        name = as_text(profile.get("displayName"))
+    except DeliveryError:
         name = ""
-    record: Any = found.value.model_dump(by_alias=True, exclude_none=True)
-    post = record_to_post(uri, str(found.cid or ""), record, handle)
+    record = found.get("value")
+    if not isinstance(record, dict):
+        raise PayloadError(f"{uri} has no record")
+    post = record_to_post(uri, as_text(found.get("cid")), record, handle)
     if post.author is not None:
         author = replace(post.author, id=repo, display_name=name, url=profile_url(handle))
         post = replace(post, author=author)

@@ -1,4 +1,4 @@
-"""Bluesky: posting through the atproto SDK with record keys chosen before the call.
+"""Bluesky: posting over XRPC with record keys chosen before the call.
 
 A post's record key (a TID) is generated and stored before `createRecord`; a retry after a crash first
 asks `getRecord` whether that key already landed, so a post is never created twice. The login session is
@@ -12,17 +12,6 @@ import random
 import time
 from datetime import UTC, datetime
 from typing import Any
-
-import httpx
-from atproto import AsyncClient, SessionEvent
-from atproto_client.exceptions import (
-    AtProtocolError,
-    BadRequestError,
-    NetworkError,
-    RateLimitExceededError,
-    RequestErrorBase,
-    UnauthorizedError,
-)
 
 from relaybird import richtext
 from relaybird.config import BlueskyAccount
@@ -41,6 +30,7 @@ from relaybird.networks.bluesky_format import (
     measure_bluesky,
     post_to_record_text,
 )
+from relaybird.networks.xrpc import Refused, Session, Unavailable, XrpcClient
 from relaybird.store import Store
 
 log = logging.getLogger(__name__)
@@ -80,49 +70,14 @@ class TidClock:
         return "".join(reversed(chars))
 
 
-#: What the SDK raises for a 200 whose body is not the JSON promised (an HTML page, a truncated
-#: body, another shape): its model check, pydantic's JSON parser, or httpx reading the body.
-UNREADABLE_ANSWER: tuple[type[Exception], ...] = (AtProtocolError, ValueError, httpx.HTTPError)
-
-
-def unreadable(name: str, error: Exception) -> TemporaryError:
+def unreadable(name: str, nsid: str) -> TemporaryError:
     """A temporary error for an answer that could not be read: a proxy or overloaded server."""
-    return TemporaryError(f"{name}: unreadable answer from Bluesky ({type(error).__name__})")
+    return Unavailable(f"{name}: {nsid}: unreadable answer from Bluesky")
 
 
-def error_name(error: RequestErrorBase) -> str:
-    content = error.response.content if error.response is not None else None
-    name = getattr(content, "error", None) or (
-        content.get("error") if isinstance(content, dict) else None
-    )
-    message = getattr(content, "message", None) or (
-        content.get("message") if isinstance(content, dict) else None
-    )
-    return f"{name or 'error'}: {message or ''}".strip(": ")
-
-
-#: How long to hold an account when a 429 says nothing about when to come back.
-DEFAULT_RATE_LIMIT_WAIT = 60.0
-
-
-def retry_at_of(error: RateLimitExceededError, now: float | None = None) -> float:
-    """When the server lets us back in, as a Unix time.
-
-    `Retry-After` (seconds from now) is the server's own word for this request; otherwise the
-    window's `RateLimit-Reset`, when it is still ahead. A 429 that says neither waits a minute.
-    """
-    now = time.time() if now is None else now
-    retry_after = error.retry_after
-    if retry_after is not None:
-        return now + float(retry_after)
-    reset_at = error.reset_at
-    if reset_at is not None and reset_at.timestamp() > now:
-        return float(reset_at.timestamp())
-    return now + DEFAULT_RATE_LIMIT_WAIT
-
-
-def rate_limited(name: str, error: RateLimitExceededError) -> RateLimited:
-    return RateLimited(f"{name}: rate limited ({error_name(error)})", retry_at_of(error))
+def _text(answer: dict[str, Any], key: str) -> str | None:
+    value = answer.get(key)
+    return value if isinstance(value, str) and value else None
 
 
 class BlueskyNetwork:
@@ -136,57 +91,67 @@ class BlueskyNetwork:
         self.handle = account.handle
         self._password = account.app_password.get_secret_value()
         self.store = store
-        self.client = AsyncClient(base_url=f"{self.base_url}/xrpc")
-        self.client.on_session_change(self._session_changed)
+        self.client = XrpcClient(
+            self.base_url, label=self.name, on_session=self._session_changed, relogin=self._login
+        )
         self.tids = TidClock()
         self.did = ""
 
-    async def _session_changed(self, event: SessionEvent, session: Any) -> None:
-        if event in (SessionEvent.CREATE, SessionEvent.REFRESH):
-            self.store.set_session(self.name, session.export())
+    def _session_changed(self, session: Session) -> None:
+        self.store.set_session(self.name, session.export())
 
     async def open(self) -> None:
-        """Resume the stored session when it still works; log in with the password only otherwise."""
+        """Resume the stored session when it still works; log in with the password only otherwise.
+
+        A stored session is checked with `getSession` (which refreshes it when its access token
+        has expired); one that cannot be read, or that the server no longer accepts, costs a login.
+        """
         saved = self.store.session(self.name)
-        if saved:
+        session = Session.parse(saved) if saved else None
+        if saved and session is None:
+            log.info("%s: stored session unreadable; logging in", self.name)
+        if session is not None:
+            self.client.resume(session)
             try:
-                await self.client.login(session_string=saved, fetch_bsky_profile=False)
-                await self.client.com.atproto.server.get_session()
-                self.did = self.client._session.did if self.client._session else ""
-                log.info("%s: resumed the stored Bluesky session", self.name)
-                return
-            except (AtProtocolError, ValueError) as error:
+                await self.client.query("com.atproto.server.getSession")
+            except (Refused, Unavailable, RateLimited) as error:
                 log.info(
                     "%s: stored session no longer valid (%s); logging in",
                     self.name,
                     type(error).__name__,
                 )
+            else:
+                self.did = self.client.did
+                log.info("%s: resumed the stored Bluesky session", self.name)
+                return
+        await self._login()
+        self.did = self.client.did
+
+    async def _login(self) -> Session:
+        """`createSession` with the app password, its refusals in words an operator can act on."""
         try:
-            session = await self.client.login(self.handle, self._password, fetch_bsky_profile=False)
-        except UnauthorizedError as error:
-            raise PermanentError(
-                f"{self.name}: Bluesky refused the handle or app password"
-            ) from error
-        except RateLimitExceededError as error:
+            return await self.client.login(self.handle, self._password)
+        except RateLimited as error:
             raise TemporaryError(f"{self.name}: Bluesky login is rate limited") from error
-        except BadRequestError as error:
-            raise PermanentError(
-                f"{self.name}: Bluesky refused the login ({error_name(error)})"
-            ) from error
-        except RequestErrorBase as error:
+        except Refused as error:
+            if error.status in (401, 403):
+                raise PermanentError(
+                    f"{self.name}: Bluesky refused the handle or app password"
+                ) from error
+            if error.status == 400:
+                raise PermanentError(
+                    f"{self.name}: Bluesky refused the login ({error.reason})"
+                ) from error
+            raise TemporaryError(f"{self.name}: Bluesky login failed ({error.reason})") from error
+        except Unavailable as error:
             raise TemporaryError(f"{self.name}: Bluesky login failed ({error})") from error
-        except UNREADABLE_ANSWER as error:
-            raise unreadable(self.name, error) from None
-        del session
-        self.did = self.client._session.did if self.client._session else ""
 
     async def close(self) -> None:
-        return None
+        await self.client.close()
 
     def pds_url(self) -> str:
-        """The account's own PDS (the SDK follows the DID document there after login)."""
-        base = str(getattr(self.client, "_base_url", "") or "")
-        return base.removesuffix("/xrpc").rstrip("/") or self.base_url
+        """The account's own PDS (the session's DID document names it after login)."""
+        return self.client.url or self.base_url
 
     async def listen(self, cursor: str | None, sink: EventSink) -> None:
         from relaybird.networks.bluesky_inbound import BlueskyListener
@@ -208,23 +173,32 @@ class BlueskyNetwork:
         )
         await listener.run(cursor, sink)
 
+    # --- reading ----------------------------------------------------------------------------------
+
+    async def get_record(self, repo: str, collection: str, rkey: str) -> dict[str, Any]:
+        """`getRecord` of any repo: `{uri, cid, value}` as the server answers it."""
+        return await self.client.query(
+            "com.atproto.repo.getRecord", {"repo": repo, "collection": collection, "rkey": rkey}
+        )
+
+    async def get_profile(self, actor: str) -> dict[str, Any]:
+        """`app.bsky.actor.getProfile`, which the PDS proxies to its AppView."""
+        return await self.client.query("app.bsky.actor.getProfile", {"actor": actor})
+
+    # --- writing ----------------------------------------------------------------------------------
+
     async def edit(self, ref: TargetRef, post: Post) -> TargetRef:
         raise PermanentError(f"{self.name}: Bluesky posts cannot be edited")
 
     async def delete(self, ref: TargetRef) -> None:
         rkey = ref.id.rsplit("/", 1)[-1]
         try:
-            await self.client.com.atproto.repo.delete_record(
-                {"repo": self.did, "collection": POST_COLLECTION, "rkey": rkey}
+            await self.client.procedure(
+                "com.atproto.repo.deleteRecord",
+                {"repo": self.did, "collection": POST_COLLECTION, "rkey": rkey},
             )
-        except RateLimitExceededError as error:
-            raise rate_limited(self.name, error) from error
-        except NetworkError as error:
-            raise TemporaryError(f"{self.name}: network error ({type(error).__name__})") from error
-        except RequestErrorBase as error:
-            raise PermanentError(f"{self.name}: delete refused ({error_name(error)})") from error
-        except UNREADABLE_ANSWER as error:
-            raise unreadable(self.name, error) from None
+        except Refused as error:
+            raise PermanentError(f"{self.name}: delete refused ({error.reason})") from error
 
     def new_key(self) -> str:
         return self.tids.next()
@@ -241,26 +215,22 @@ class BlueskyNetwork:
                 if existing is not None:
                     return existing
             record = await self._record(post, reply_to)
-            response = await self.client.com.atproto.repo.create_record(
-                {"repo": self.did, "collection": POST_COLLECTION, "rkey": key, "record": record}
+            answer = await self.client.procedure(
+                "com.atproto.repo.createRecord",
+                {"repo": self.did, "collection": POST_COLLECTION, "rkey": key, "record": record},
             )
-            return self._ref(response.uri, response.cid)
-        except RateLimitExceededError as error:
-            raise rate_limited(self.name, error) from error
-        except UnauthorizedError as error:
+        except Refused as error:
+            if error.status in (401, 403):
+                raise PermanentError(
+                    f"{self.name}: Bluesky refused our session ({error.reason})"
+                ) from error
             raise PermanentError(
-                f"{self.name}: Bluesky refused our session ({error_name(error)})"
+                f"{self.name}: Bluesky refused the post ({error.reason})"
             ) from error
-        except BadRequestError as error:
-            raise PermanentError(
-                f"{self.name}: Bluesky refused the post ({error_name(error)})"
-            ) from error
-        except NetworkError as error:
-            raise TemporaryError(f"{self.name}: network error ({type(error).__name__})") from error
-        except RequestErrorBase as error:
-            raise TemporaryError(f"{self.name}: Bluesky answered {error}") from error
-        except UNREADABLE_ANSWER as error:
-            raise unreadable(self.name, error) from None
+        uri, cid = _text(answer, "uri"), _text(answer, "cid")
+        if uri is None or cid is None:
+            raise unreadable(self.name, "com.atproto.repo.createRecord")
+        return self._ref(uri, cid)
 
     def _ref(self, uri: str, cid: str) -> TargetRef:
         rkey = uri.rsplit("/", 1)[-1]
@@ -269,14 +239,15 @@ class BlueskyNetwork:
 
     async def _existing(self, rkey: str) -> TargetRef | None:
         try:
-            found = await self.client.com.atproto.repo.get_record(
-                {"repo": self.did, "collection": POST_COLLECTION, "rkey": rkey}
-            )
-        except BadRequestError:
+            found = await self.get_record(self.did, POST_COLLECTION, rkey)
+        except Refused as error:
+            if error.status == 400:
+                return None
+            raise
+        uri, cid = _text(found, "uri"), _text(found, "cid")
+        if uri is None or cid is None:
             return None
-        if found.cid is None:
-            return None
-        return self._ref(found.uri, found.cid)
+        return self._ref(uri, cid)
 
     async def _record(self, post: Post, reply_to: ReplyTarget | None) -> dict[str, Any]:
         text, facets = post_to_record_text(post)
@@ -318,22 +289,26 @@ class BlueskyNetwork:
             "description": card.description,
         }
         if card.thumb is not None and card.thumb.data is not None:
-            external["thumb"] = await self._blob(card.thumb.data)
+            external["thumb"] = await self._blob(card.thumb.data, card.thumb.mime)
         return {"$type": "app.bsky.embed.external", "external": external}
 
-    async def _blob(self, data: bytes) -> dict[str, Any]:
-        uploaded = await self.client.com.atproto.repo.upload_blob(data)
-        blob = uploaded.blob
-        return {
-            "$type": "blob",
-            "ref": {"$link": str(blob.ref.link if hasattr(blob.ref, "link") else blob.cid)},
-            "mimeType": blob.mime_type,
-            "size": blob.size,
-        }
+    async def _blob(self, data: bytes, mime: str = "") -> dict[str, Any]:
+        """Upload one blob; the PDS reads its type from the bytes, the header is a hint."""
+        nsid = "com.atproto.repo.uploadBlob"
+        answer = await self.client.procedure(nsid, data, content_type=mime or "*/*")
+        blob = answer.get("blob")
+        if not isinstance(blob, dict):
+            raise unreadable(self.name, nsid)
+        ref = blob.get("ref")
+        link = ref.get("$link") if isinstance(ref, dict) else blob.get("cid")
+        mime_type, size = blob.get("mimeType"), blob.get("size")
+        if not isinstance(link, str) or not isinstance(mime_type, str) or not isinstance(size, int):
+            raise unreadable(self.name, nsid)
+        return {"$type": "blob", "ref": {"$link": link}, "mimeType": mime_type, "size": size}
 
     async def _image(self, item: Media) -> dict[str, Any]:
         assert item.data is not None
-        image: dict[str, Any] = {"alt": item.alt, "image": await self._blob(item.data)}
+        image: dict[str, Any] = {"alt": item.alt, "image": await self._blob(item.data, item.mime)}
         size = image_size(item.data)
         if size is not None:
             image["aspectRatio"] = {"width": size[0], "height": size[1]}

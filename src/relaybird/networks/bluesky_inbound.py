@@ -28,32 +28,23 @@ or before the stored cursor is dropped as already handled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
-from atproto import (
-    CAR,
-    AsyncClient,
-    AsyncFirehoseSubscribeReposClient,
-    models,
-    parse_subscribe_repos_message,
-)
-from atproto_client.exceptions import AtProtocolError
-from websockets.exceptions import ConnectionClosedOK
+import libipld
 
 from relaybird.media import MediaFetcher, MediaPolicy
 from relaybird.model import Author, Event, EventKind, LinkCard, Media, Post
-from relaybird.networks.base import EventSink, TemporaryError
+from relaybird.networks.base import DeliveryError, EventSink
 from relaybird.networks.bluesky_format import NETWORK, ipld_to_json, record_to_post
-from relaybird.richtext import PayloadError, as_dict, as_int, as_text, parse_json
+from relaybird.networks.xrpc import XrpcClient
+from relaybird.richtext import PayloadError, as_dict, as_dicts, as_int, as_text, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +52,9 @@ Mode = Literal["jetstream", "firehose", "poll"]
 MODES: tuple[Mode, ...] = ("jetstream", "firehose", "poll")
 
 POST_COLLECTION = "app.bsky.feed.post"
+SUBSCRIBE_REPOS = "com.atproto.sync.subscribeRepos"
+#: The largest firehose message read (the SDK's limit); a larger one ends the connection.
+MAX_FRAME_BYTES = 5 * 1024 * 1024
 #: A connection that stayed up this long resets the backoff to its first step.
 HEALTHY_SECONDS = 30.0
 #: Other accounts' firehose frames move the cursor too, but are saved at most this often.
@@ -107,9 +101,7 @@ def _error_detail(error: BaseException) -> str:
     """A one-line reason without URLs or tokens: the type, and the server's error name if any."""
     if isinstance(error, StreamLost):
         return str(error)
-    response = getattr(error, "response", None)
-    content = getattr(response, "content", None)
-    name = getattr(content, "error", None)
+    name = getattr(error, "error", None)
     return f"{type(error).__name__}: {name}" if name else type(error).__name__
 
 
@@ -200,45 +192,111 @@ class Emitter:
 # firehose
 
 
-class _FirehoseConnection(AsyncFirehoseSubscribeReposClient):  # type: ignore[misc]
-    """One connection of the SDK's firehose client, with our keepalive and our reconnect policy.
+@dataclass(frozen=True)
+class Frame:
+    """One message of `subscribeRepos`: its type (`#commit`, `#identity`, ...) and its body."""
 
-    The SDK client reconnects by itself on its own schedule and reports nothing; here it is kept to
-    a single connection (its error hook says "stop"), so that the listener's loop owns backoff,
-    health reports and the cursor of the next attempt. A PDS is silent while nobody writes, so
-    liveness is judged by WebSocket ping/pong (`keepalive` seconds at most), not by silence.
+    type: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ErrorFrame:
+    """The stream's last word before it closes (`FutureCursor`, `ConsumerTooSlow`, ...)."""
+
+    error: str
+    message: str = ""
+
+
+class FrameUnreadable(ValueError):
+    """A binary message that is not a header and a body in DAG-CBOR."""
+
+
+def decode_frame(data: bytes) -> Frame | ErrorFrame:
+    """A firehose message: two DAG-CBOR objects back to back, the header `{op, t}` then the body.
+
+    `op` 1 is a message of type `t`, `op` -1 an error whose body names it. Anything else raises
+    `FrameUnreadable`.
     """
+    try:
+        parts = libipld.decode_dag_cbor_multi(data)
+    except (ValueError, TypeError, OverflowError, RecursionError) as error:
+        raise FrameUnreadable(f"not DAG-CBOR ({type(error).__name__})") from None
+    if len(parts) != 2 or not isinstance(parts[0], dict):
+        raise FrameUnreadable("not a header and a body")
+    header, body = parts
+    op = header.get("op")
+    if op == -1:
+        fields = body if isinstance(body, dict) else {}
+        return ErrorFrame(as_text(fields.get("error")), as_text(fields.get("message")))
+    if op != 1:
+        raise FrameUnreadable(f"unknown frame op {op!r}")
+    return Frame(as_text(header.get("t")), body if isinstance(body, dict) else {})
 
-    def __init__(
-        self, base_uri: str, cursor: int | None, keepalive: float, on_open: Callable[[], None]
-    ) -> None:
-        params = {"cursor": cursor} if cursor is not None else None
-        super().__init__(params=params, base_uri=base_uri, recv_timeout=None)
-        self.keepalive = keepalive
-        self.on_open = on_open
-        self.error: Exception | None = None
 
-    def _get_connect_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = dict(super()._get_connect_kwargs())
-        kwargs.update(ping_interval=self.keepalive / 2, ping_timeout=self.keepalive / 2)
-        return kwargs
+@dataclass(frozen=True)
+class RepoOp:
+    """One operation of a commit: `create`, `update` or `delete` of the record at `path`."""
 
-    def _get_async_client(self) -> Any:
-        return self._announced(super()._get_async_client())
+    action: str
+    path: str
+    cid: str | None
 
-    @contextlib.asynccontextmanager
-    async def _announced(self, connecting: Any) -> AsyncIterator[Any]:
-        async with connecting as websocket:
-            self.on_open()
-            yield websocket
 
-    def _handle_websocket_error_or_stop(self, exception: Exception) -> bool:
-        self.error = exception
-        return True
+@dataclass(frozen=True)
+class Commit:
+    """The parts of a `#commit` body that relaybird reads."""
+
+    rev: str
+    ops: list[RepoOp]
+    blocks: bytes
+    too_big: bool
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> Commit:
+        """Read a commit's body; one whose fields have other types raises PayloadError."""
+        rev, blocks, too_big = body.get("rev"), body.get("blocks"), body.get("tooBig", False)
+        ops = body.get("ops")
+        if not isinstance(rev, str) or not isinstance(ops, list):
+            raise PayloadError("the commit has no rev or no list of operations")
+        if not isinstance(blocks, bytes) or not isinstance(too_big, bool):
+            raise PayloadError("the commit's blocks or tooBig are not what they should be")
+        return cls(rev, [_repo_op(op) for op in ops], blocks, too_big)
+
+    def records(self) -> dict[str, Any]:
+        """The blocks of the commit's CAR file by CID, as `{cid string: decoded block}`."""
+        try:
+            _, blocks = libipld.decode_car(self.blocks)
+            return {str(libipld.encode_cid(cid)): block for cid, block in blocks.items()}
+        except (ValueError, TypeError, OverflowError, RecursionError) as error:
+            raise PayloadError(f"the commit's blocks are no CAR file ({error})") from None
+
+
+def _repo_op(op: object) -> RepoOp:
+    if not isinstance(op, dict):
+        raise PayloadError("a commit operation is not an object")
+    action, path, cid = op.get("action"), op.get("path"), op.get("cid")
+    if not isinstance(action, str) or not isinstance(path, str):
+        raise PayloadError("a commit operation has no action or path")
+    if cid is not None and not isinstance(cid, bytes):
+        raise PayloadError("a commit operation's cid is no link")
+    return RepoOp(action, path, _cid_text(cid) if cid is not None else None)
+
+
+def _cid_text(cid: bytes) -> str:
+    try:
+        return str(libipld.encode_cid(cid))
+    except (ValueError, TypeError) as error:
+        raise PayloadError(f"a commit operation's cid is unreadable ({error})") from None
 
 
 class FirehoseSource:
-    """The PDS's `subscribeRepos`, keeping only our commits to `app.bsky.feed.post`."""
+    """The PDS's `subscribeRepos`, keeping only our commits to `app.bsky.feed.post`.
+
+    A PDS is silent while nobody writes, so liveness is judged by WebSocket ping/pong
+    (`keepalive` seconds at most), not by silence. One connection per `once()`: the listener's
+    loop owns backoff, health reports and the cursor of the next attempt.
+    """
 
     def __init__(self, context: Context, cursor: str | None, keepalive: float) -> None:
         self.context = context
@@ -246,7 +304,6 @@ class FirehoseSource:
         self.keepalive = keepalive
         self.seq = self._parse(cursor)
         self.saved_at = 0.0
-        self.callback_error: BaseException | None = None
 
     def _parse(self, cursor: str | None) -> int | None:
         seq = _digits(cursor)
@@ -260,37 +317,57 @@ class FirehoseSource:
             return None
         return seq
 
+    def _subscribe_url(self) -> str:
+        base = firehose_base(self.context.firehose_url or self.context.pds_url)
+        query = f"?{urlencode({'cursor': self.seq})}" if self.seq is not None else ""
+        return f"{base}/{SUBSCRIBE_REPOS}{query}"
+
     async def once(self) -> None:
-        self.callback_error = None
-        connection = _FirehoseConnection(
-            firehose_base(self.context.firehose_url or self.context.pds_url),
-            self.seq,
-            self.keepalive,
-            lambda: self.context.opened("firehose open"),
-        )
+        try:
+            async with self.context.http.ws_connect(
+                self._subscribe_url(), heartbeat=self.keepalive / 2, max_msg_size=MAX_FRAME_BYTES
+            ) as socket:
+                self.context.opened("firehose open")
+                ended = await self._read(socket)
+                error = socket.exception()
+        except (TimeoutError, aiohttp.ClientError, OSError) as lost:
+            raise StreamLost(f"firehose lost: {type(lost).__name__}") from None
+        if ended is not None:
+            self._on_error_frame(ended)
+        if error is not None:
+            raise StreamLost(f"firehose lost: {type(error).__name__}")
+        raise StreamLost("firehose closed by the server")
 
-        async def failed(error: BaseException) -> None:
-            self.callback_error = error
-            await connection.stop()
+    async def _read(self, socket: aiohttp.ClientWebSocketResponse) -> ErrorFrame | None:
+        """Handle messages until the stream ends; an error frame ends it too, and is returned."""
+        async for message in socket:
+            if message.type == aiohttp.WSMsgType.BINARY:
+                try:
+                    frame = decode_frame(message.data)
+                except FrameUnreadable as error:
+                    log.warning(
+                        "%s: unreadable firehose frame skipped (%s)", self.context.name, error
+                    )
+                    continue
+                if isinstance(frame, ErrorFrame):
+                    return frame
+                await self._on_frame(frame)
+            elif message.type == aiohttp.WSMsgType.ERROR:
+                break
+        return None
 
-        await connection.start(self._on_frame, failed)
-        if self.callback_error is not None:
-            raise self.callback_error
-        error = connection.error
-        if error is None or isinstance(error, ConnectionClosedOK):
-            raise StreamLost("firehose closed by the server")
-        xrpc = error.args[0] if error.args else None
-        if getattr(xrpc, "error", None) == "FutureCursor":
+    def _on_error_frame(self, frame: ErrorFrame) -> None:
+        if frame.error == "FutureCursor":
             log.warning(
                 "%s: the PDS has no event %s yet (was it reset?); following it from now",
                 self.context.name,
                 self.seq,
             )
             self.seq = None
-        raise StreamLost(f"firehose lost: {_error_detail(error)}")
+        raise StreamLost(f"firehose lost: {frame.error or 'error frame'}")
 
-    async def _on_frame(self, frame: Any) -> None:
-        body = frame.body if isinstance(frame.body, dict) else {}
+    async def _on_frame(self, frame: Frame) -> None:
+        body = frame.body
         if frame.type == "#info":
             log.warning("%s: firehose says %s", self.context.name, body.get("name"))
             return
@@ -299,7 +376,7 @@ class FirehoseSource:
             return
         ours = body.get("repo", body.get("did")) == self.context.did
         if ours and frame.type == "#commit":
-            await self._on_commit(frame, seq)
+            await self._on_commit(body, seq)
         elif ours and frame.type == "#identity" and body.get("handle"):
             self.context.handle = str(body["handle"])
         self._advance(seq)
@@ -313,7 +390,7 @@ class FirehoseSource:
             self.saved_at = now
             self.context.sink.save_cursor(self.context.name, str(seq))
 
-    async def _on_commit(self, frame: Any, seq: int) -> None:
+    async def _on_commit(self, body: dict[str, Any], seq: int) -> None:
         """Emit each post operation of one of our commits.
 
         One commit can hold several posts (the app writes a whole thread in one `applyWrites`).
@@ -321,23 +398,12 @@ class FirehoseSource:
         replays the commit; the store drops the operations it already has.
         """
         try:
-            commit = parse_subscribe_repos_message(frame)
-            ops = [op for op in commit.ops if str(op.path).startswith(f"{POST_COLLECTION}/")]
-            blocks = CAR.from_bytes(commit.blocks).blocks if ops and not commit.too_big else {}
-        except (
-            ValueError,
-            TypeError,
-            KeyError,
-            AttributeError,
-            IndexError,
-            RecursionError,
-            AtProtocolError,
-        ) as error:
+            commit = Commit.of(body)
+            ops = [op for op in commit.ops if op.path.startswith(f"{POST_COLLECTION}/")]
+            blocks = commit.records() if ops and not commit.too_big else {}
+        except PayloadError as error:
             log.warning(
-                "%s: unreadable commit at seq %s skipped (%s)",
-                self.context.name,
-                seq,
-                type(error).__name__,
+                "%s: unreadable commit at seq %s skipped (%s)", self.context.name, seq, error
             )
             self.context.sink.save_cursor(self.context.name, str(seq))
             return
@@ -346,30 +412,31 @@ class FirehoseSource:
             return
         for index, op in enumerate(ops):
             cursor = str(seq if index == len(ops) - 1 else seq - 1)
-            rkey = str(op.path).split("/", 1)[1]
-            if not _RKEY.fullmatch(rkey):
-                log.warning(
-                    "%s: commit %s has an invalid record key; skipped", self.context.name, seq
-                )
-                self.context.sink.save_cursor(self.context.name, cursor)
-                continue
-            if op.action == "delete":
-                await self.emitter.delete(rkey, cursor)
-                continue
-            block = blocks.get(op.cid) if op.cid is not None else None
-            if op.action not in ("create", "update") or not isinstance(block, dict):
-                log.warning(
-                    "%s: %s of %s has no record; skipped", self.context.name, op.action, rkey
-                )
-                continue
-            version = str(commit.rev) if op.action == "update" else ""
-            try:
-                record = ipld_to_json(block)
-            except PayloadError as error:
-                log.warning("%s: record %s skipped: %s", self.context.name, rkey, error)
-                self.context.sink.save_cursor(self.context.name, cursor)
-                continue
-            await self.emitter.record(op.action, rkey, str(op.cid), record, cursor, version)
+            await self._on_op(op, commit, blocks, cursor)
+
+    async def _on_op(self, op: RepoOp, commit: Commit, blocks: dict[str, Any], cursor: str) -> None:
+        rkey = op.path.split("/", 1)[1]
+        if not _RKEY.fullmatch(rkey):
+            log.warning(
+                "%s: commit %s has an invalid record key; skipped", self.context.name, commit.rev
+            )
+            self.context.sink.save_cursor(self.context.name, cursor)
+            return
+        if op.action == "delete":
+            await self.emitter.delete(rkey, cursor)
+            return
+        block = blocks.get(op.cid) if op.cid is not None else None
+        if op.action not in ("create", "update") or not isinstance(block, dict):
+            log.warning("%s: %s of %s has no record; skipped", self.context.name, op.action, rkey)
+            return
+        version = commit.rev if op.action == "update" else ""
+        try:
+            record = ipld_to_json(block)
+        except PayloadError as error:
+            log.warning("%s: record %s skipped: %s", self.context.name, rkey, error)
+            self.context.sink.save_cursor(self.context.name, cursor)
+            return
+        await self.emitter.record(op.action, rkey, str(op.cid), record, cursor, version)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -517,12 +584,9 @@ def tid_for(micros: int, clock_id: int = 0) -> str:
     return "".join(TID_ALPHABET[(value >> shift) & 31] for shift in range(60, -1, -5))
 
 
-def _record_value(record: Any) -> dict[str, Any] | None:
-    """A listed record's value as JSON; the SDK hands a record it cannot validate as a DotDict."""
-    try:
-        value = models.get_model_as_dict(record.value)
-    except (AttributeError, TypeError, ValueError):
-        return None
+def _record_value(record: dict[str, Any]) -> dict[str, Any] | None:
+    """A listed record's value, when it is an object."""
+    value = record.get("value")
     return value if isinstance(value, dict) else None
 
 
@@ -530,7 +594,7 @@ class PollSource:
     """`listRecords` of our own repo; new record keys are emitted oldest first."""
 
     def __init__(
-        self, context: Context, cursor: str | None, client: AsyncClient, interval: float
+        self, context: Context, cursor: str | None, client: XrpcClient, interval: float
     ) -> None:
         self.context = context
         self.emitter = Emitter(context)
@@ -565,16 +629,17 @@ class PollSource:
                         log.warning("%s: record %s is no object; skipped", self.context.name, rkey)
                         self.context.sink.save_cursor(self.context.name, rkey)
                     else:
-                        await self.emitter.record("create", rkey, str(record.cid), value, rkey)
+                        cid = as_text(record.get("cid"))
+                        await self.emitter.record("create", rkey, cid, value, rkey)
                     self.rkey = rkey
             await asyncio.sleep(self.interval)
 
-    async def _newer_records(self) -> list[tuple[str, Any]]:
+    async def _newer_records(self) -> list[tuple[str, dict[str, Any]]]:
         """Records with a key above the cursor; on a first start only the newest one.
 
         Pages come newest first, so paging stops at the first page that reaches the cursor.
         """
-        found: list[tuple[str, Any]] = []
+        found: list[tuple[str, dict[str, Any]]] = []
         page_cursor: str | None = None
         while True:
             params: dict[str, Any] = {
@@ -584,15 +649,17 @@ class PollSource:
             }
             if page_cursor:
                 params["cursor"] = page_cursor
-            page = await self.client.com.atproto.repo.list_records(params)
-            keyed = [(str(r.uri).rsplit("/", 1)[-1], r) for r in page.records]
+            page = await self.client.query("com.atproto.repo.listRecords", params)
+            keyed = [
+                (as_text(r.get("uri")).rsplit("/", 1)[-1], r) for r in as_dicts(page.get("records"))
+            ]
             newer = [
                 (rkey, record)
                 for rkey, record in keyed
                 if _TID.match(rkey) and (self.rkey is None or rkey > self.rkey)
             ]
             found.extend(newer)
-            page_cursor = page.cursor
+            page_cursor = as_text(page.get("cursor"))
             if self.rkey is None or len(newer) < len(keyed) or not keyed or not page_cursor:
                 return found
 
@@ -606,7 +673,7 @@ class BlueskyListener:
     def __init__(
         self,
         name: str,
-        client: AsyncClient,
+        client: XrpcClient,
         did: str,
         handle: str,
         *,
@@ -683,8 +750,7 @@ class BlueskyListener:
                 StreamLost,
                 aiohttp.ClientError,
                 OSError,
-                AtProtocolError,
-                TemporaryError,
+                DeliveryError,
             ) as error:
                 detail = _error_detail(error)
             except Exception as error:

@@ -28,14 +28,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import aiohttp
-from atproto import AsyncClient, models
-from atproto_client.exceptions import AtProtocolError
 
 from relaybird.media import MediaError, download
 from relaybird.model import Event, EventKind, LinkCard, Media, Post
-from relaybird.networks.base import EventSink
+from relaybird.networks.base import DeliveryError, EventSink
 from relaybird.networks.bluesky_format import PayloadError, profile_url, record_to_post
 from relaybird.networks.bluesky_inbound import backoff_delay
+from relaybird.networks.xrpc import XrpcClient
+from relaybird.richtext import as_dict, as_text
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,20 @@ def format_time(moment: datetime) -> str:
 
 def _error_detail(error: BaseException) -> str:
     """A one-line reason without URLs or tokens: the type, and the server's error name if any."""
-    content = getattr(getattr(error, "response", None), "content", None)
-    name = getattr(content, "error", None)
+    name = getattr(error, "error", None)
     return f"{type(error).__name__}: {name}" if name else type(error).__name__
+
+
+#: One notification as the AppView lists it: a JSON object with at least a URI and a time.
+Notification = dict[str, Any]
+
+
+def _uri(notification: Notification) -> str:
+    return as_text(notification.get("uri"))
+
+
+def _indexed_at(notification: Notification) -> str:
+    return as_text(notification.get("indexedAt"))
 
 
 class BlueskyNotifications:
@@ -90,7 +101,7 @@ class BlueskyNotifications:
     def __init__(
         self,
         name: str,
-        client: AsyncClient,
+        client: XrpcClient,
         did: str,
         handle: str,
         *,
@@ -144,7 +155,7 @@ class BlueskyNotifications:
         while True:
             try:
                 await self.poll(sink, http)
-            except (AtProtocolError, aiohttp.ClientError, OSError) as error:
+            except (DeliveryError, aiohttp.ClientError, OSError) as error:
                 detail = _error_detail(error)
             except Exception as error:
                 log.exception("%s: unexpected error while polling mentions", self.name)
@@ -176,24 +187,31 @@ class BlueskyNotifications:
 
     # listing
 
-    async def _list(self) -> list[tuple[datetime, Any]]:
-        """Notifications newest first, down to `lookback` behind the cursor (or the newest one)."""
-        found: list[tuple[datetime, Any]] = []
+    async def _list(self) -> list[tuple[datetime, Notification]]:
+        """Notifications newest first, down to `lookback` behind the cursor (or the newest one).
+
+        An entry that is not an object with a URI and a time is left out: there is nothing in it
+        to relay, nor a position to remember.
+        """
+        found: list[tuple[datetime, Notification]] = []
         stop = self.cursor_time - self.lookback if self.cursor is not None else None
         page_cursor: str | None = None
         for _ in range(MAX_PAGES):
             params: dict[str, Any] = {"limit": PAGE_LIMIT, "reasons": list(REASONS)}
             if page_cursor:
                 params["cursor"] = page_cursor
-            page = await self.client.app.bsky.notification.list_notifications(params)
-            timed = [(parse_time(str(n.indexed_at)), n) for n in page.notifications]
+            page = await self.client.query("app.bsky.notification.listNotifications", params)
+            listed = page.get("notifications")
+            entries = [n for n in listed if isinstance(n, dict)] if isinstance(listed, list) else []
+            timed = [(parse_time(_indexed_at(n)), n) for n in entries if _uri(n)]
             found.extend((moment, n) for moment, n in timed if moment is not None)
             moments = [moment for moment, _ in timed if moment is not None]
             if stop is None:
                 stop = max(moments, default=datetime.now(UTC)) - self.lookback
-            if not page.cursor or not moments or min(moments) < stop:
+            next_cursor = as_text(page.get("cursor"))
+            if not next_cursor or not moments or min(moments) < stop:
                 return found
-            page_cursor = page.cursor
+            page_cursor = next_cursor
         log.warning(
             "%s: more than %d pages of mentions since the cursor; older ones are skipped",
             self.name,
@@ -201,28 +219,33 @@ class BlueskyNotifications:
         )
         return found
 
-    def _wanted(self, notification: Any) -> bool:
+    def _wanted(self, notification: Notification) -> bool:
         """Mentions, replies and quotes by someone else; the server may ignore `reasons`."""
-        return notification.reason in REASONS and notification.author.did != self.did
+        author = as_dict(notification.get("author"))
+        return notification.get("reason") in REASONS and author.get("did") != self.did
 
-    def _first_start(self, listed: list[tuple[datetime, Any]], sink: ScopedCursorSink) -> None:
+    def _first_start(
+        self, listed: list[tuple[datetime, Notification]], sink: ScopedCursorSink
+    ) -> None:
         newest = max(listed, key=lambda item: item[0], default=None)
         if newest is None:
             self.cursor_time = datetime.now(UTC)
             self.cursor = format_time(self.cursor_time)
         else:
-            self.cursor_time, self.cursor = newest[0], str(newest[1].indexed_at)
-        self.recent = {str(n.uri): moment for moment, n in listed if self._wanted(n)}
+            self.cursor_time, self.cursor = newest[0], _indexed_at(newest[1])
+        self.recent = {_uri(n): moment for moment, n in listed if self._wanted(n)}
         self._forget_old()
         sink.save_cursor(self.name, self.cursor, scope=SCOPE)
         log.info("%s: first start; relaying mentions from now on", self.name)
 
-    def _fresh(self, listed: list[tuple[datetime, Any]]) -> list[tuple[datetime, Any]]:
+    def _fresh(
+        self, listed: list[tuple[datetime, Notification]]
+    ) -> list[tuple[datetime, Notification]]:
         """What is new, oldest first (by time, then URI), each URI once."""
         window = self.cursor_time - self.lookback
-        fresh: dict[str, tuple[datetime, Any]] = {}
+        fresh: dict[str, tuple[datetime, Notification]] = {}
         for moment, notification in listed:
-            uri = str(notification.uri)
+            uri = _uri(notification)
             if (
                 not self._wanted(notification)
                 or uri in self.recent
@@ -232,7 +255,7 @@ class BlueskyNotifications:
             ):
                 continue
             fresh[uri] = (moment, notification)
-        return sorted(fresh.values(), key=lambda item: (item[0], str(item[1].uri)))
+        return sorted(fresh.values(), key=lambda item: (item[0], _uri(item[1])))
 
     def _forget_old(self) -> None:
         window = self.cursor_time - self.lookback
@@ -242,7 +265,7 @@ class BlueskyNotifications:
 
     async def _emit(
         self,
-        notification: Any,
+        notification: Notification,
         moment: datetime,
         last_of_moment: bool,
         sink: ScopedCursorSink,
@@ -251,8 +274,8 @@ class BlueskyNotifications:
         """Hand one notification on; the cursor moves only past the last one of its moment."""
         assert self.cursor is not None
         moves = last_of_moment and moment > self.cursor_time
-        cursor = str(notification.indexed_at) if moves else self.cursor
-        uri = str(notification.uri)
+        cursor = _indexed_at(notification) if moves else self.cursor
+        uri = _uri(notification)
         post = self._post(notification)
         if post is None:
             sink.save_cursor(self.name, cursor, scope=SCOPE)
@@ -260,19 +283,23 @@ class BlueskyNotifications:
             post = await self._with_media(post, http)
             event = Event(EventKind.MENTION, self.name, post, cursor=cursor, scope=SCOPE)
             await sink.accept(event)
-            log.debug("%s: %s by %s: %s", self.name, notification.reason, post.author, uri)
+            reason = notification.get("reason")
+            log.debug("%s: %s by %s: %s", self.name, reason, post.author, uri)
         self.recent[uri] = moment
         if moves:
             self.cursor, self.cursor_time = cursor, moment
 
-    def _post(self, notification: Any) -> Post | None:
+    def _post(self, notification: Notification) -> Post | None:
         """The mentioning post in neutral form, its author as the AppView names them."""
-        uri = str(notification.uri)
-        author = notification.author
+        uri = _uri(notification)
+        author = as_dict(notification.get("author"))
+        handle, did = as_text(author.get("handle")), as_text(author.get("did"))
         try:
-            record = models.get_model_as_dict(notification.record)
+            record = notification.get("record")
+            if not isinstance(record, dict):
+                raise PayloadError("the notification carries no record")
             post = record_to_post(
-                uri, str(notification.cid), record, str(author.handle), pds_url=self.pds_url
+                uri, as_text(notification.get("cid")), record, handle, pds_url=self.pds_url
             )
         except (PayloadError, AttributeError, TypeError, ValueError) as error:
             log.warning("%s: mention %s could not be read (%s); skipped", self.name, uri, error)
@@ -280,9 +307,9 @@ class BlueskyNotifications:
         assert post.author is not None
         who = replace(
             post.author,
-            display_name=str(author.display_name or ""),
-            url=profile_url(str(author.handle) or str(author.did)),
-            id=str(author.did),
+            display_name=as_text(author.get("displayName")),
+            url=profile_url(handle or did),
+            id=did,
         )
         return replace(post, author=who)
 
