@@ -37,10 +37,6 @@ from relaybird.networks.telegram_inbound import TelegramListener
 from relaybird.sandbox.telegram import ApiCall
 from relaybird.store import Store
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Please use 'Bot.getUpdates':telegram.warnings.PTBUserWarning"
-)
-
 HTML_PAGE = b"<!DOCTYPE html><html><head><title>502</title></head><body>nginx</body></html>"
 HOSTILE_HTML = '<p>hostile \ud800 text <a href="javascript:alert(1)">click</a></p>'
 #: A lone surrogate, as JSON's `\ud800` escape delivers it.

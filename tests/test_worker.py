@@ -22,6 +22,7 @@ from relaybird.model import Event, EventKind, Post, Span, TargetRef
 from relaybird.networks.base import (
     Capabilities,
     EventSink,
+    MentionSink,
     PermanentError,
     RateLimited,
     ReplyTarget,
@@ -106,6 +107,18 @@ class FakeNetwork:
     async def delete(self, ref: TargetRef) -> None:
         self.calls.append(Call("delete", ref.id, time.time()))
         self.posts.pop(ref.id, None)
+
+    def mention_names(self) -> list[str]:
+        return [self.name]
+
+    async def reply_target(self, post_id: str) -> ReplyTarget:
+        return ReplyTarget(parent=TargetRef(post_id), root=TargetRef(f"root-of-{post_id}"))
+
+    async def fetch_post(self, post_id: str) -> Post | None:
+        return None
+
+    async def listen_mentions(self, cursor: str | None, sink: MentionSink) -> None:
+        return None
 
     def texts(self) -> list[str]:
         return [text for text, _ in self.posts.values()]
@@ -390,3 +403,19 @@ async def test_deliveries_record_metrics_by_route_target_and_outcome(
     assert sample("relaybird_delivery_latency_seconds_count", {"target": "bsky"}) == 1
     # Published in 2020: the source latency is years, and is recorded as such.
     assert sample("relaybird_source_latency_seconds_sum", {"target": "bsky"}) > 3600 * 24 * 365
+
+
+async def test_an_answer_asks_the_target_network_what_a_reply_to_that_post_needs(
+    store: Store, running: Running
+) -> None:
+    """Someone's post has no mapping: the adapter is asked, and the copy hangs where it said."""
+    target = FakeNetwork("bsky")
+    worker = running.start(Worker(target, store))
+    answer = Post(id="note-1", text="thanks, on it", reply_to="their-post")
+    delivery_id = store.enqueue(Planned("inbox", "bsky"), "answer", "tg", answer)
+    assert delivery_id is not None
+    wake(worker)
+    await until(lambda: store.delivery(delivery_id).state == "done", what="the answer")
+    assert list(target.posts.values()) == [("thanks, on it", "their-post")]
+    copy = store.mapping("tg", "note-1", "bsky")
+    assert copy is not None and copy.root.id == "root-of-their-post"

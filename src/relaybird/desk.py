@@ -16,7 +16,6 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
-from relaybird.answers import fetch_post, names_of, shown_name
 from relaybird.commands import (
     REFUSALS,
     Allowlist,
@@ -123,7 +122,7 @@ class Desk:
         if post.reply_to is not None and self.store.copy_origin(event.account, post.reply_to):
             return True
         network = self.networks.get(event.account)
-        names = {n.casefold() for n in names_of(network)} if network else set()
+        names = {n.casefold() for n in network.mention_names()} if network else set()
         for span in post.spans:
             if span.kind is SpanKind.MENTION:
                 shown = post.text[span.start : span.end].lstrip("@").casefold()
@@ -204,7 +203,7 @@ class Desk:
         route = self.routes[settings.route]
         command = parse_command(
             event.post,
-            bot_handles=names_of(network),
+            bot_handles=network.mention_names(),
             trigger=settings.trigger,
             network_words=self._words(route),
         )
@@ -279,7 +278,7 @@ class Desk:
         if seen is not None:
             return seen
         network = self.networks.get(account)
-        post = await fetch_post(network, post_id) if network is not None else None
+        post = await network.fetch_post(post_id) if network is not None else None
         return None if post is None else Seen(post, None)
 
     def _may_crosspost(
@@ -292,7 +291,7 @@ class Desk:
         if author.network == requester.network and author.id and author.id == requester.id:
             return True
         network = self.networks.get(account)
-        ours = {name.casefold() for name in names_of(network)} if network else set()
+        ours = {name.casefold() for name in network.mention_names()} if network else set()
         if author.handle.lstrip("@").casefold() in ours or author.id.casefold() in ours:
             return True
         return allowed.allows(author)
@@ -355,3 +354,10 @@ def compose_answer(store: Store, config: Config, account: str, payload: str) -> 
         failures.append((where, delivery.last_error or delivery.state))
     answer = render_answer(asked["request"], copies, failures, already=bool(asked["already"]))
     return replace(answer, reply_to=asked["request"])
+
+
+def shown_name(network: Network) -> str:
+    """How people see the account: `@news@mastodon.example`, `@news.bsky.social`, `@news_bot`."""
+    names = [name for name in network.mention_names() if not name.startswith("did:")]
+    best = max(names, key=len, default=network.name)
+    return f"@{best}"

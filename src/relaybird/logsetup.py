@@ -74,41 +74,17 @@ class JsonFormatter(logging.Formatter):
         return self.redact(str(value))
 
 
-#: Loggers of python-telegram-bot's HTTP layer, which logs a whole answer it cannot parse.
-TELEGRAM_REQUEST_LOGGERS = "telegram.request"
-_NOISY = ("httpx", "httpcore", "aiohttp.access", "urllib3", "telegram", "apscheduler")
-
-
-class TerseTelegramRequests(logging.Filter):
-    """Cuts PTB's request records down to one warning line without the body or traceback.
-
-    On an answer that is not JSON, PTB logs the whole body (an HTML error page, or anything a
-    proxy sends) with a traceback at ERROR, then raises; relaybird handles that error itself, so
-    the body is noise at best and someone else's content at worst.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith(TELEGRAM_REQUEST_LOGGERS):
-            return True
-        if isinstance(record.msg, str) and record.msg.startswith("Can not load invalid JSON"):
-            record.msg = "Telegram answered with a body that is not JSON"
-        else:
-            record.msg = str(record.msg).splitlines()[0][:200] if record.msg else ""
-        record.args = None
-        record.exc_info = record.exc_text = record.stack_info = None
-        if record.levelno > logging.WARNING:
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
+#: Libraries that log at INFO on the daemon's behalf (one line per HTTP request served).
+_NOISY = ("aiohttp.access",)
 
 
 def setup_logging(level: str = "info", fmt: str = "text", secrets: Iterable[str] = ()) -> None:
     redact = Redactor(secrets)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(redact) if fmt == "json" else TextFormatter(redact))
-    handler.addFilter(TerseTelegramRequests())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     quiet = max(logging.WARNING, root.level)
-    for noisy in (*_NOISY, TELEGRAM_REQUEST_LOGGERS):
+    for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(quiet)

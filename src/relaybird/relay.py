@@ -17,16 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from relaybird import router
-from relaybird.config import BlueskyAccount, Config
+from relaybird.config import Config
 from relaybird.desk import Desk, compose_answer
 from relaybird.fitting import extract_content_warning, fingerprint
 from relaybird.metrics import Metrics
 from relaybird.model import Event, EventKind, Post, TargetRef
 from relaybird.networks.base import DeliveryError, Network, PermanentError
-from relaybird.networks.bluesky import BlueskyNetwork
-from relaybird.networks.bluesky_notifications import BlueskyNotifications
-from relaybird.networks.mastodon import MastodonNetwork
-from relaybird.networks.mastodon_mentions import MastodonMentions
 from relaybird.networks.registry import build_network
 from relaybird.ratelimit import AccountLimiter
 from relaybird.store import Delivery, Planned, Pruned, Store, StoreUnavailable, cursor_key
@@ -357,20 +353,7 @@ class Relay:
         """Mentions of the account from its network's notifications, with a cursor of their own."""
         network = self.networks[name]
         cursor = self.store.cursor(cursor_key(name, "mentions"))
-        if isinstance(network, MastodonNetwork):
-            await MastodonMentions(network).run(cursor, self)
-        elif isinstance(network, BlueskyNetwork):
-            account = self.config.accounts[name]
-            assert isinstance(account, BlueskyAccount)
-            listener = BlueskyNotifications(
-                name,
-                network.client,
-                network.did,
-                network.handle,
-                poll_interval=float(account.notifications_poll_interval),
-                pds_url=network.pds_url(),
-            )
-            await listener.run(cursor, self)
+        await network.listen_mentions(cursor, self)
 
     # retention
 

@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from relaybird.answers import reply_target
 from relaybird.fitting import FitOptions, fingerprint, fit_post
 from relaybird.metrics import Metrics
 from relaybird.model import Post, TargetRef
@@ -393,7 +392,7 @@ class Worker:
         mapping knows: the network is asked what a reply to it needs."""
         if post.reply_to is None:
             raise Skip("the answer names no post to answer")
-        answered = await reply_target(self.adapter, post.reply_to)
+        answered = await self.adapter.reply_target(post.reply_to)
         post = replace(post, reply_to=None, reply_to_author_id=None, thread_root=None)
         parts = fit_post(post, self.adapter.capabilities, self._options(delivery))
         refs = await self._publish_parts(delivery, parts, answered)

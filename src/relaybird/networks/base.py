@@ -74,6 +74,12 @@ class EventSink(Protocol):
     def set_connected(self, account: str, connected: bool, detail: str = "") -> None: ...
 
 
+class MentionSink(EventSink, Protocol):
+    """A sink that keeps a mention listener's cursor apart from the account's own posts'."""
+
+    def save_cursor(self, account: str, cursor: str, scope: str = "") -> None: ...
+
+
 class Network(Protocol):
     """One configured account on one network, both as a source and as a target."""
 
@@ -110,3 +116,21 @@ class Network(Protocol):
 
     async def delete(self, ref: TargetRef) -> None:
         """Remove one published part; deleting what is already gone is not an error."""
+
+    # Other people's posts: the inbox, answers and the crosspost bot.
+
+    def mention_names(self) -> list[str]:
+        """Every name people use to mention the account (full handles, DIDs, a bot's username);
+        known once the network is opened."""
+
+    async def reply_target(self, post_id: str) -> ReplyTarget:
+        """What `publish` needs to answer `post_id`, someone's post on this network that no
+        mapping knows (Bluesky a strong reference to it and to its thread's root)."""
+
+    async def fetch_post(self, post_id: str) -> Post | None:
+        """Someone's post read from the network, with its media where they can be carried;
+        None when it cannot be read (logged), or when the network lets no one read by id."""
+
+    async def listen_mentions(self, cursor: str | None, sink: MentionSink) -> None:
+        """Mentions of the account from its notifications until cancelled, with their own
+        cursor; networks whose mentions come on the ordinary stream return at once."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,9 @@ from relaybird.media import MediaPolicy, image_size
 from relaybird.model import LinkCard, Media, Post, TargetRef
 from relaybird.networks.base import (
     Capabilities,
+    DeliveryError,
     EventSink,
+    MentionSink,
     PermanentError,
     RateLimited,
     ReplyTarget,
@@ -27,10 +30,14 @@ from relaybird.networks.base import (
 )
 from relaybird.networks.bluesky_format import (
     BLUESKY_MAX_GRAPHEMES,
+    PayloadError,
     measure_bluesky,
     post_to_record_text,
+    profile_url,
+    record_to_post,
 )
 from relaybird.networks.xrpc import Refused, Session, Unavailable, XrpcClient
+from relaybird.richtext import as_dict, as_text
 from relaybird.store import Store
 
 log = logging.getLogger(__name__)
@@ -185,6 +192,71 @@ class BlueskyNetwork:
         """`app.bsky.actor.getProfile`, which the PDS proxies to its AppView."""
         return await self.client.query("app.bsky.actor.getProfile", {"actor": actor})
 
+    # --- other people's posts ---------------------------------------------------------------------
+
+    def mention_names(self) -> list[str]:
+        return [name for name in (self.handle, self.did) if name]
+
+    async def reply_target(self, post_id: str) -> ReplyTarget:
+        """A Bluesky reply names its parent and its thread's root, each by uri and cid."""
+        try:
+            found = await self.get_record(*_at_uri(post_id))
+        except RateLimited:
+            raise
+        except DeliveryError as error:
+            raise TemporaryError(
+                f"{self.name}: cannot read {post_id}: {type(error).__name__}"
+            ) from error
+        parent = TargetRef(id=as_text(found.get("uri")) or post_id, cid=as_text(found.get("cid")))
+        reply = as_dict(as_dict(found.get("value")).get("reply"))
+        root = as_dict(reply.get("root"))
+        if not as_text(root.get("uri")):
+            return ReplyTarget(parent=parent, root=parent)
+        return ReplyTarget(
+            parent=parent,
+            root=TargetRef(id=as_text(root.get("uri")), cid=as_text(root.get("cid"))),
+        )
+
+    async def fetch_post(self, post_id: str) -> Post | None:
+        """Someone's post with its author's profile. Its media live on their PDS, which is not
+        among the hosts media are fetched from: the permalink stays the way to them."""
+        try:
+            repo, collection, rkey = _at_uri(post_id)
+            found = await self.get_record(repo, collection, rkey)
+            record = found.get("value")
+            if not isinstance(record, dict):
+                raise PayloadError(f"{post_id} has no record")
+            handle, name = await self._profile_names(repo)
+            post = record_to_post(post_id, as_text(found.get("cid")), record, handle)
+        except (DeliveryError, PayloadError) as error:
+            log.warning("%s: cannot read %s (%s)", self.name, post_id, error)
+            return None
+        if post.author is not None:
+            author = replace(post.author, id=repo, display_name=name, url=profile_url(handle))
+            post = replace(post, author=author)
+        return replace(post, media=[], card=replace(post.card, thumb=None) if post.card else None)
+
+    async def _profile_names(self, actor: str) -> tuple[str, str]:
+        """The handle and display name to show for `actor`; its DID when the AppView is away."""
+        try:
+            profile = await self.get_profile(actor)
+        except DeliveryError:
+            return actor, ""
+        return as_text(profile.get("handle")) or actor, as_text(profile.get("displayName"))
+
+    async def listen_mentions(self, cursor: str | None, sink: MentionSink) -> None:
+        from relaybird.networks.bluesky_notifications import BlueskyNotifications
+
+        listener = BlueskyNotifications(
+            self.name,
+            self.client,
+            self.did,
+            self.handle,
+            poll_interval=float(self.account.notifications_poll_interval),
+            pds_url=self.pds_url(),
+        )
+        await listener.run(cursor, sink)
+
     # --- writing ----------------------------------------------------------------------------------
 
     async def edit(self, ref: TargetRef, post: Post) -> TargetRef:
@@ -313,3 +385,11 @@ class BlueskyNetwork:
         if size is not None:
             image["aspectRatio"] = {"width": size[0], "height": size[1]}
         return image
+
+
+def _at_uri(uri: str) -> tuple[str, str, str]:
+    """`at://repo/collection/rkey` in its three parts; anything else is not a post's address."""
+    parts = uri.removeprefix("at://").split("/")
+    if not uri.startswith("at://") or len(parts) != 3 or not all(parts):
+        raise PayloadError(f"not a post's at-uri: {uri}")
+    return parts[0], parts[1], parts[2]

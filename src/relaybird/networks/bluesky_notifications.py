@@ -25,13 +25,13 @@ import asyncio
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 
 from relaybird.media import MediaError, download
 from relaybird.model import Event, EventKind, LinkCard, Media, Post
-from relaybird.networks.base import DeliveryError, EventSink
+from relaybird.networks.base import DeliveryError, MentionSink
 from relaybird.networks.bluesky_format import PayloadError, profile_url, record_to_post
 from relaybird.networks.bluesky_inbound import backoff_delay
 from relaybird.networks.xrpc import XrpcClient
@@ -45,16 +45,6 @@ REASONS = ("mention", "reply", "quote")
 PAGE_LIMIT = 100
 #: After a long downtime, catch up at most this many pages (newest first) and say so.
 MAX_PAGES = 50
-
-
-class ScopedCursorSink(EventSink, Protocol):
-    """An EventSink whose cursors are kept per stream of an account.
-
-    The first start stores "now" without an event to carry it, and that position belongs to the
-    mentions stream, not to the account's post stream whose cursor it would otherwise overwrite.
-    """
-
-    def save_cursor(self, account: str, cursor: str, scope: str = "") -> None: ...
 
 
 def parse_time(value: str) -> datetime | None:
@@ -139,7 +129,7 @@ class BlueskyNotifications:
         self.cursor_time = moment or datetime.min.replace(tzinfo=UTC)
         self.recent = {}
 
-    async def run(self, cursor: str | None, sink: ScopedCursorSink) -> None:
+    async def run(self, cursor: str | None, sink: MentionSink) -> None:
         """Poll until cancelled; errors are retried with backoff and reported as health."""
         self._start_from(cursor)
         try:
@@ -149,7 +139,7 @@ class BlueskyNotifications:
             sink.set_connected(self.name, False, "mentions stopped")
             raise
 
-    async def _loop(self, sink: ScopedCursorSink, http: aiohttp.ClientSession) -> None:
+    async def _loop(self, sink: MentionSink, http: aiohttp.ClientSession) -> None:
         failures = 0
         connected = False
         while True:
@@ -173,7 +163,7 @@ class BlueskyNotifications:
             log.warning("%s: mentions: %s; retrying in %.1f s", self.name, detail, delay)
             await asyncio.sleep(delay)
 
-    async def poll(self, sink: ScopedCursorSink, http: aiohttp.ClientSession) -> None:
+    async def poll(self, sink: MentionSink, http: aiohttp.ClientSession) -> None:
         """One round: list what is new and hand it to `sink`, oldest first."""
         listed = await self._list()
         if self.cursor is None:
@@ -224,9 +214,7 @@ class BlueskyNotifications:
         author = as_dict(notification.get("author"))
         return notification.get("reason") in REASONS and author.get("did") != self.did
 
-    def _first_start(
-        self, listed: list[tuple[datetime, Notification]], sink: ScopedCursorSink
-    ) -> None:
+    def _first_start(self, listed: list[tuple[datetime, Notification]], sink: MentionSink) -> None:
         newest = max(listed, key=lambda item: item[0], default=None)
         if newest is None:
             self.cursor_time = datetime.now(UTC)
@@ -268,7 +256,7 @@ class BlueskyNotifications:
         notification: Notification,
         moment: datetime,
         last_of_moment: bool,
-        sink: ScopedCursorSink,
+        sink: MentionSink,
         http: aiohttp.ClientSession,
     ) -> None:
         """Hand one notification on; the cursor moves only past the last one of its moment."""

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -29,7 +30,9 @@ from relaybird.media import MediaFetcher, MediaPolicy
 from relaybird.model import Event, EventKind, LinkCard, Media, Post, Span, TargetRef
 from relaybird.networks.base import (
     Capabilities,
+    DeliveryError,
     EventSink,
+    MentionSink,
     PermanentError,
     RateLimited,
     ReplyTarget,
@@ -467,6 +470,32 @@ class MastodonNetwork:
             thumb=thumb,
         )
 
+    # other people's posts
+
+    def mention_names(self) -> list[str]:
+        """`acct` as the server gives it, and `user@host` as remote servers write it."""
+        host = _hostname(as_text(self.me.get("url")) or self.base_url)
+        username = as_text(self.me.get("username"))
+        acct = as_text(self.me.get("acct"))
+        return [name for name in {acct, f"{username}@{host}" if username else ""} if name]
+
+    async def reply_target(self, post_id: str) -> ReplyTarget:
+        ref = TargetRef(id=post_id)
+        return ReplyTarget(parent=ref, root=ref)
+
+    async def fetch_post(self, post_id: str) -> Post | None:
+        try:
+            post = status_to_post(await self._get_json(f"/api/v1/statuses/{post_id}"))
+            return replace(post, media=[await self.media.fetch(item) for item in post.media])
+        except (DeliveryError, PayloadError) as error:
+            log.warning("%s: cannot read %s (%s)", self.name, post_id, error)
+            return None
+
+    async def listen_mentions(self, cursor: str | None, sink: MentionSink) -> None:
+        from relaybird.networks.mastodon_mentions import MastodonMentions
+
+        await MastodonMentions(self).run(cursor, sink)
+
     # outbound
 
     def new_key(self) -> str:
@@ -656,3 +685,10 @@ def _positive(value: Any, default: int) -> int:
     """A limit from the instance's configuration, or the default when it is not a positive int."""
     found = as_int(value)
     return found if found is not None and found > 0 else default
+
+
+def _hostname(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:
+        return ""

@@ -15,12 +15,12 @@ import json
 import logging
 import random
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 
 from relaybird.model import Event, EventKind
-from relaybird.networks.base import EventSink, TemporaryError
+from relaybird.networks.base import MentionSink, TemporaryError
 from relaybird.networks.mastodon import MastodonNetwork, id_order, read_sse
 from relaybird.networks.mastodon_format import status_to_post
 
@@ -31,10 +31,6 @@ PAGE = 40
 MAX_RECONNECT_SECONDS = 300.0
 
 
-class ScopedCursorSink(EventSink, Protocol):
-    def save_cursor(self, account: str, cursor: str, scope: str = "") -> None: ...
-
-
 class MastodonMentions:
     """Streams one account's mention notifications as MENTION events."""
 
@@ -43,7 +39,7 @@ class MastodonMentions:
         self.name = network.name
         self.cursor: str | None = None
 
-    async def run(self, cursor: str | None, sink: ScopedCursorSink) -> None:
+    async def run(self, cursor: str | None, sink: MentionSink) -> None:
         """Stream until cancelled; a lost stream reconnects with backoff and catches up first."""
         self.cursor = cursor
         failures = 0
@@ -60,7 +56,7 @@ class MastodonMentions:
             log.warning("%s: mention stream stopped; reconnecting in %.1f s", self.name, delay)
             await asyncio.sleep(delay)
 
-    async def _stream_once(self, sink: ScopedCursorSink) -> None:
+    async def _stream_once(self, sink: MentionSink) -> None:
         """Open the stream, then catch up, then read it: nothing falls between the two."""
         url = f"{self.network.streaming_base}/api/v1/streaming/user/notification"
         timeout = aiohttp.ClientTimeout(
@@ -92,14 +88,14 @@ class MastodonMentions:
         found = await self.network._get_json("/api/v1/notifications", params)
         return [n for n in found if isinstance(n, dict)] if isinstance(found, list) else []
 
-    async def _set_baseline(self, sink: ScopedCursorSink) -> None:
+    async def _set_baseline(self, sink: MentionSink) -> None:
         latest = await self._page(None)
         newest = max((str(n.get("id")) for n in latest), key=id_order, default="0")
         self.cursor = newest
         sink.save_cursor(self.name, newest, scope=SCOPE)
         log.info("%s: first start; relaying mentions from now on", self.name)
 
-    async def _catch_up(self, sink: ScopedCursorSink) -> None:
+    async def _catch_up(self, sink: MentionSink) -> None:
         while True:
             page = await self._page(self.cursor)
             for notification in sorted(page, key=lambda n: id_order(str(n.get("id")))):
@@ -107,7 +103,7 @@ class MastodonMentions:
             if len(page) < PAGE:
                 return
 
-    async def _emit(self, notification: dict[str, Any], sink: ScopedCursorSink) -> None:
+    async def _emit(self, notification: dict[str, Any], sink: MentionSink) -> None:
         notification_id = str(notification.get("id", ""))
         if self.cursor is not None and id_order(notification_id) <= id_order(self.cursor):
             return

@@ -18,6 +18,7 @@ from relaybird.model import Media, Post, TargetRef
 from relaybird.networks.base import (
     Capabilities,
     EventSink,
+    MentionSink,
     PermanentError,
     RateLimited,
     ReplyTarget,
@@ -181,6 +182,24 @@ class TelegramNetwork:
         if isinstance(error, NotSent | InDoubt):
             return TemporaryError(f"{self.name}: network error: {error}")
         return TemporaryError(f"{self.name}: {error}")
+
+    # other people's posts
+
+    def mention_names(self) -> list[str]:
+        return [self.username] if self.username else []
+
+    async def reply_target(self, post_id: str) -> ReplyTarget:
+        ref = TargetRef(id=post_id)
+        return ReplyTarget(parent=ref, root=ref)
+
+    async def fetch_post(self, post_id: str) -> Post | None:
+        """Bots cannot read a message by id: such posts are known only from the updates the
+        listener already passed on (the desk remembers recent ones)."""
+        return None
+
+    async def listen_mentions(self, cursor: str | None, sink: MentionSink) -> None:
+        """Mentions of a bot arrive on its ordinary stream, in the chats it is in."""
+        return
 
     def new_key(self) -> str:
         return uuid.uuid4().hex
