@@ -107,7 +107,11 @@ class Daemon:
             env=self.env,
         )
         if wait_healthy:
-            wait_for(self.healthy, timeout=60, what=f"daemon health; log:\n{self.log()}")
+            try:
+                wait_for(self.healthy, timeout=60, what="daemon health")
+            except AssertionError as error:
+                health = self.health()
+                raise AssertionError(f"{error}; /healthz: {health}; log:\n{self.log()}") from None
         return self
 
     def health(self) -> tuple[int, dict[str, Any]] | None:

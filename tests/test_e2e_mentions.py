@@ -211,3 +211,33 @@ def test_staff_reply_in_the_inbox_is_posted_as_a_reply_to_the_mention(world: Wor
     world.alice.status_post("@news marker two")
     world.notice_containing("marker two")
     assert not any("coffee" in s["content"] for s in world.statuses_of("news"))
+
+
+def test_the_mention_stream_is_reported_apart_from_the_post_stream(world: World) -> None:
+    """news_masto has no post stream here, only mentions: a lost notifications stream must show
+    as its own entry going down (and the daemon unhealthy), then coming back."""
+
+    def accounts() -> dict[str, Any]:
+        answer = world.daemon.health()
+        assert answer is not None
+        return dict(answer[1]["accounts"])
+
+    before = accounts()
+    assert before["news_masto#mentions"]["role"] == "mentions"
+    assert before["news_masto#mentions"]["connected"] is True
+    assert before["news_masto"]["detail"] == "no post stream to read"
+    world.loop.call(lambda: world.masto.faults.refuse_streams(duration=4))
+    world.loop.call(world.masto.faults.drop_streams)
+    down = wait_for(
+        lambda: (found := accounts())["news_masto#mentions"]["connected"] is False and found,
+        timeout=15,
+        what="the mention stream reported down",
+    )
+    assert down["news_masto"]["connected"] is True
+    answer = world.daemon.health()
+    assert answer is not None and answer[0] == 503
+    wait_for(
+        lambda: accounts()["news_masto#mentions"]["connected"],
+        timeout=60,
+        what=f"the mention stream back; log:\n{world.daemon.log()[-2000:]}",
+    )

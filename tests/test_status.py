@@ -135,7 +135,10 @@ def test_status_of_a_config_that_never_ran_reports_zeros(tmp_path: Path) -> None
         "mirror": {"mirrored": 0, "pending": 0, "retrying": 0, "dead": 0, "skipped": 0}
     }
     assert report["errors"] == []
-    assert set(report["accounts"]) == {"news_masto", "news_bsky", "news_tg"}
+    # The crosspost bot reads news_masto's notifications: a stream of its own, shown apart.
+    assert set(report["accounts"]) == {"news_masto", "news_masto#mentions", "news_bsky", "news_tg"}
+    assert report["accounts"]["news_masto"]["role"] == "source+bot"
+    assert report["accounts"]["news_masto#mentions"]["role"] == "mentions"
     assert not (tmp_path / "relaybird.sqlite3").exists()
 
 

@@ -22,7 +22,7 @@ from relaybird.desk import Desk, compose_answer
 from relaybird.fitting import extract_content_warning, fingerprint
 from relaybird.metrics import Metrics
 from relaybird.model import Event, EventKind, Post, TargetRef
-from relaybird.networks.base import DeliveryError, Network, PermanentError
+from relaybird.networks.base import MENTIONS, DeliveryError, Network, PermanentError
 from relaybird.networks.registry import build_network
 from relaybird.ratelimit import AccountLimiter
 from relaybird.store import Delivery, Planned, Pruned, Store, StoreUnavailable, cursor_key
@@ -47,6 +47,29 @@ class AccountHealth:
     #: Whether the stream was up at least once: a later "up" is a reconnect.
     was_connected: bool = False
     since: float = field(default_factory=time.time)
+
+
+def mention_stream(account: str) -> str:
+    """The health entry and cursor of an account's mentions, beside its own posts' stream."""
+    return cursor_key(account, MENTIONS)
+
+
+@dataclass
+class MentionStream:
+    """The relay as seen by a mention listener: what it reports about its connection goes to the
+    mention stream's own health entry, so that a dead notifications poll is not hidden by a healthy
+    post stream of the same account, nor the other way round."""
+
+    relay: Relay
+
+    async def accept(self, event: Event) -> None:
+        await self.relay.accept(event)
+
+    def save_cursor(self, account: str, cursor: str, scope: str = "") -> None:
+        self.relay.save_cursor(account, cursor, scope)
+
+    def set_connected(self, account: str, connected: bool, detail: str = "") -> None:
+        self.relay.set_connected(mention_stream(account), connected, detail)
 
 
 @dataclass
@@ -268,17 +291,23 @@ class Relay:
         network is merely unreachable is retried in the background, unhealthy meanwhile, while the
         others start: one network having a bad day does not keep the rest from flowing.
         """
-        sources, targets = self.sources() | self.mention_sources(), self.targets()
+        posting, mentioned, targets = self.sources(), self.mention_sources(), self.targets()
         for name, account in self.config.accounts.items():
-            if name not in sources and name not in targets:
+            if name not in posting | mentioned | targets:
                 continue
             network = build_network(account, self.store)
             self.networks[name] = network
-            role = "source" if name in sources else "target"
-            if name in sources and name in targets:
-                role = "source+target"
-            self.health[name] = AccountHealth(network=network.network, role=role)
+            role = "+".join(
+                role
+                for role, members in (("source", posting), ("target", targets))
+                if name in members
+            )
+            self.health[name] = AccountHealth(network=network.network, role=role or "mentions")
             self.metrics.connected.labels(name).set(0)
+            if name in mentioned:
+                stream = mention_stream(name)
+                self.health[stream] = AccountHealth(network=network.network, role="mentions")
+                self.metrics.connected.labels(stream).set(0)
         names = list(self.networks)
         results = await asyncio.gather(
             *(self.networks[name].open() for name in names), return_exceptions=True
@@ -341,8 +370,8 @@ class Relay:
             self._spawn(worker.run(), f"worker:{name}")
         if name in self.sources():
             self._spawn(network.listen(self.store.cursor(name), self), f"listen:{name}")
-        elif name not in self.mention_sources():
-            self.set_connected(name, True, "target only")
+        else:
+            self.set_connected(name, True, "no post stream to read")
         if name in self.mention_sources():
             self._spawn(self._listen_mentions(name), f"mentions:{name}")
 
@@ -352,8 +381,8 @@ class Relay:
     async def _listen_mentions(self, name: str) -> None:
         """Mentions of the account from its network's notifications, with a cursor of their own."""
         network = self.networks[name]
-        cursor = self.store.cursor(cursor_key(name, "mentions"))
-        await network.listen_mentions(cursor, self)
+        cursor = self.store.cursor(mention_stream(name))
+        await network.listen_mentions(cursor, MentionStream(self))
 
     # retention
 

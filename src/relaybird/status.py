@@ -25,7 +25,8 @@ from rich.table import Table
 from rich.text import Text
 
 from relaybird.config import Config, parse_listen
-from relaybird.store import Store
+from relaybird.networks.base import MENTIONS
+from relaybird.store import Store, cursor_key
 
 #: How the store's states add up to what an operator asks about.
 ROUTE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -84,7 +85,8 @@ def collect(config: Config, store: Store | None, health: dict[str, Any] | None) 
     held = health.get("rate_limits", {}) if health else {}
     cursors = store.cursors() if store else {}
     accounts = {}
-    for name, account in config.accounts.items():
+    for name in _streams(config, live, cursors):
+        account = config.accounts[name.partition("#")[0]]
         cursor = cursors.get(name)
         stream, detail = _stream(live.get(name)) if health else ("daemon not running", "")
         accounts[name] = {
@@ -131,12 +133,39 @@ def collect(config: Config, store: Store | None, health: dict[str, Any] | None) 
     return {"daemon": daemon, "accounts": accounts, "routes": routes, "errors": errors}
 
 
+def _streams(config: Config, live: dict[str, Any], cursors: dict[str, Any]) -> list[str]:
+    """Every account, each followed by its mention stream when it has one (`name#mentions`)."""
+    names: list[str] = []
+    for name in config.accounts:
+        names.append(name)
+        stream = cursor_key(name, MENTIONS)
+        if stream in live or stream in cursors or name in _mentioned(config):
+            names.append(stream)
+    return names
+
+
+def _mentioned(config: Config) -> set[str]:
+    """Accounts whose notifications the daemon reads: mention routes' sources and the bots,
+    except on Telegram, where mentions come on the chat's ordinary stream."""
+    names = {n for route in config.routes if route.routes_mentions() for n in route.sources}
+    names |= {command.bot for command in config.commands}
+    return {name for name in names if config.accounts[name].network != "telegram"}
+
+
 def _role(config: Config, name: str) -> str:
-    source = any(name in route.sources for route in config.routes)
-    target = any(name in route.targets for route in config.routes)
-    return {(True, True): "source+target", (True, False): "source", (False, True): "target"}.get(
-        (source, target), "unused"
-    )
+    """What the account does, from the config alone (the daemon says so itself when running)."""
+    if "#" in name:
+        return MENTIONS
+    roles = [
+        role
+        for role, found in (
+            ("source", any(name in route.sources for route in config.routes)),
+            ("target", any(name in route.targets for route in config.routes)),
+            ("bot", any(name == command.bot for command in config.commands)),
+        )
+        if found
+    ]
+    return "+".join(roles) or "unused"
 
 
 def _age(seconds: float | None) -> str:

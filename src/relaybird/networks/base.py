@@ -74,6 +74,10 @@ class EventSink(Protocol):
     def set_connected(self, account: str, connected: bool, detail: str = "") -> None: ...
 
 
+#: The scope (see `MentionSink.save_cursor`) of an account's mentions, beside its own posts ("").
+MENTIONS = "mentions"
+
+
 class MentionSink(EventSink, Protocol):
     """A sink that keeps a mention listener's cursor apart from the account's own posts'."""
 

@@ -31,7 +31,7 @@ import aiohttp
 
 from relaybird.media import MediaError, download
 from relaybird.model import Event, EventKind, LinkCard, Media, Post
-from relaybird.networks.base import DeliveryError, MentionSink
+from relaybird.networks.base import MENTIONS, DeliveryError, MentionSink
 from relaybird.networks.bluesky_format import PayloadError, profile_url, record_to_post
 from relaybird.networks.bluesky_inbound import backoff_delay
 from relaybird.networks.xrpc import XrpcClient
@@ -40,7 +40,6 @@ from relaybird.richtext import as_dict, as_text
 log = logging.getLogger(__name__)
 
 #: The cursor scope of this stream, beside the account's own posts ("").
-SCOPE = "mentions"
 REASONS = ("mention", "reply", "quote")
 PAGE_LIMIT = 100
 #: After a long downtime, catch up at most this many pages (newest first) and say so.
@@ -223,7 +222,7 @@ class BlueskyNotifications:
             self.cursor_time, self.cursor = newest[0], _indexed_at(newest[1])
         self.recent = {_uri(n): moment for moment, n in listed if self._wanted(n)}
         self._forget_old()
-        sink.save_cursor(self.name, self.cursor, scope=SCOPE)
+        sink.save_cursor(self.name, self.cursor, scope=MENTIONS)
         log.info("%s: first start; relaying mentions from now on", self.name)
 
     def _fresh(
@@ -266,10 +265,10 @@ class BlueskyNotifications:
         uri = _uri(notification)
         post = self._post(notification)
         if post is None:
-            sink.save_cursor(self.name, cursor, scope=SCOPE)
+            sink.save_cursor(self.name, cursor, scope=MENTIONS)
         else:
             post = await self._with_media(post, http)
-            event = Event(EventKind.MENTION, self.name, post, cursor=cursor, scope=SCOPE)
+            event = Event(EventKind.MENTION, self.name, post, cursor=cursor, scope=MENTIONS)
             await sink.accept(event)
             reason = notification.get("reason")
             log.debug("%s: %s by %s: %s", self.name, reason, post.author, uri)

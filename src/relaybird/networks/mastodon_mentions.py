@@ -20,13 +20,12 @@ from typing import Any
 import aiohttp
 
 from relaybird.model import Event, EventKind
-from relaybird.networks.base import MentionSink, TemporaryError
+from relaybird.networks.base import MENTIONS, MentionSink, TemporaryError
 from relaybird.networks.mastodon import MastodonNetwork, id_order, read_sse
 from relaybird.networks.mastodon_format import status_to_post
 
 log = logging.getLogger(__name__)
 
-SCOPE = "mentions"
 PAGE = 40
 MAX_RECONNECT_SECONDS = 300.0
 
@@ -92,7 +91,7 @@ class MastodonMentions:
         latest = await self._page(None)
         newest = max((str(n.get("id")) for n in latest), key=id_order, default="0")
         self.cursor = newest
-        sink.save_cursor(self.name, newest, scope=SCOPE)
+        sink.save_cursor(self.name, newest, scope=MENTIONS)
         log.info("%s: first start; relaying mentions from now on", self.name)
 
     async def _catch_up(self, sink: MentionSink) -> None:
@@ -110,13 +109,13 @@ class MastodonMentions:
         self.cursor = notification_id
         status = notification.get("status")
         if notification.get("type") != "mention" or not isinstance(status, dict):
-            sink.save_cursor(self.name, notification_id, scope=SCOPE)
+            sink.save_cursor(self.name, notification_id, scope=MENTIONS)
             return
         try:
             post = status_to_post(status)
         except (KeyError, TypeError, ValueError) as error:
             log.warning("%s: mention %s could not be read (%s)", self.name, notification_id, error)
-            sink.save_cursor(self.name, notification_id, scope=SCOPE)
+            sink.save_cursor(self.name, notification_id, scope=MENTIONS)
             return
         post = replace(post, media=[await self.network.media.fetch(item) for item in post.media])
         me = str(self.network.me.get("id", ""))
@@ -126,7 +125,7 @@ class MastodonMentions:
             self.name,
             post,
             cursor=notification_id,
-            scope=SCOPE,
+            scope=MENTIONS,
             reason=reason,
         )
         await sink.accept(event)
