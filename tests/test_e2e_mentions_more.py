@@ -110,6 +110,9 @@ def bluesky_account_toml(name: str, network: AppViewNetwork, person: Person) -> 
         f'[accounts.{name}]\nnetwork = "bluesky"\nbase_url = "{network.url}"\n'
         f'handle = "{person.handle}"\napp_password = "${{{password_var}}}"\n'
         "notifications_poll_interval = 1\n"
+        # Its own posts from the PDS's firehose: the default, Bluesky's public Jetstream, is
+        # not reachable from a test.
+        'stream = "firehose"\n'
     )
 
 

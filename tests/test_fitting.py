@@ -98,3 +98,18 @@ def test_media_that_cannot_be_carried_leaves_a_link_to_the_original() -> None:
     assert part.media == []
     assert part.text == f"watch\n\n📎 media: {PERMALINK}"
     assert part.spans[-1].url == PERMALINK
+
+
+def test_a_warning_that_counts_against_the_limit_leaves_room_in_every_part() -> None:
+    """Mastodon counts the content warning and the text together against its 500 characters."""
+    from relaybird.networks.mastodon import MastodonNetwork
+
+    mastodon = MastodonNetwork._capabilities({})
+    warning = "Spoilers for the season finale, all of it"
+    words = " ".join(f"word{i}" for i in range(150))
+    parts = fit_post(post(words, content_warning=warning), mastodon)
+    assert len(parts) >= 2
+    for part in parts:
+        assert part.content_warning == warning
+        assert len(part.text) + len(warning) <= 500
+    assert " ".join(part.text for part in parts) == words

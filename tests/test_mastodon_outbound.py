@@ -119,3 +119,21 @@ async def test_refusals_are_permanent_and_server_trouble_is_temporary(networks: 
             await network.publish(Post(id="x", text="t"), None, "k-bad", False)
     finally:
         await network.close()
+
+
+async def test_a_long_post_with_a_warning_is_split_so_that_every_part_is_accepted(
+    networks: Networks,
+) -> None:
+    """The sandbox counts spoiler_text + status against max_characters, as Mastodon does."""
+    from relaybird.fitting import fit_post
+
+    network = await opened(networks)
+    warning = "Spoilers: the whole plot of the film, in detail, from start to end"
+    source = Post(id="long", text=" ".join(f"word{i}" for i in range(140)), content_warning=warning)
+    try:
+        parts = fit_post(source, network.capabilities)
+        refs = [await network.publish(part, None, f"k{i}", False) for i, part in enumerate(parts)]
+    finally:
+        await network.close()
+    assert len(refs) == len(parts) >= 2
+    assert all(stored(networks, ref.id).spoiler_text == warning for ref in refs)

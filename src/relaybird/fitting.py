@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 ELLIPSIS = " … "
 REPLY_CONTEXT = "\n\n↩ "
 MEDIA_LEFT_OUT = "\n\n📎 media: "
+#: Room kept for the text when a content warning that counts against the limit is very long:
+#: the network may still refuse the copy, which is then dead-lettered with its reason.
+MIN_TEXT_BESIDE_WARNING = 100
 
 
 @dataclass
@@ -172,6 +175,8 @@ def fit_post(post: Post, caps: Capabilities, options: FitOptions | None = None) 
     limit = caps.max_text
     if media and caps.max_text_with_media is not None:
         limit = min(limit, caps.max_text_with_media)
+    if caps.warning_counts and shaped.content_warning:
+        limit = max(limit - caps.measure(shaped.content_warning, []), MIN_TEXT_BESIDE_WARNING)
     text_only = replace(shaped, media=[], card=None)
     if not text_only.text:
         parts = [text_only]

@@ -42,7 +42,8 @@ class Capabilities:
     `idempotent_create` says whether a create retried with the same key can never double a post; when
     it is false, a create whose outcome is unknown after a crash is not retried (at most once).
     `edits` says whether a published post can be changed in place; `content_warning_field` whether
-    the network has a field of its own for a content warning (otherwise it becomes a text prefix).
+    the network has a field of its own for a content warning (otherwise it becomes a text prefix),
+    and `warning_counts` whether that field's length counts against `max_text` (Mastodon's does).
     """
 
     max_text: int
@@ -54,6 +55,7 @@ class Capabilities:
     idempotent_create: bool = True
     edits: bool = True
     content_warning_field: bool = False
+    warning_counts: bool = False
 
 
 @dataclass(frozen=True)

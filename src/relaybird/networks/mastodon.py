@@ -218,6 +218,7 @@ class MastodonNetwork:
             max_media=_positive(statuses.get("max_media_attachments"), 4),
             max_image_bytes=_positive(media.get("image_size_limit"), 16 * 1024 * 1024),
             content_warning_field=True,
+            warning_counts=True,
         )
 
     async def open(self) -> None:
