@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 from mastodon import Mastodon
 
+from relaybird.config import load_config
+from relaybird.networks.bluesky import BlueskyNetwork
 from relaybird.sandbox.bluesky import BlueskySandbox
 from relaybird.sandbox.mastodon import MastodonSandbox
 from relaybird.sandbox.telegram import TelegramSandbox
+from relaybird.store import Store
 from tests.appview import appview_network_fixture
 from tests.harness import Daemon, LoopThread, free_port
 from tests.realpds import real_pds_fixture
@@ -93,6 +96,10 @@ to = ["news_bsky", "news_tg"]
         )
         return path
 
+    def accounts(self) -> dict[str, Any]:
+        """The accounts of the tests' config, as the daemon reads them (for adapters under test)."""
+        return dict(load_config(self.write_config(), self.env).accounts)
+
     def daemon(self, config: Path | None = None) -> Daemon:
         return Daemon(config or self.write_config(), self.listen_port, self.env)
 
@@ -134,3 +141,13 @@ def networks(tmp_path: Path) -> Iterator[Networks]:
         for sandbox in (masto, bsky, tg):
             loop.run(sandbox.stop())
         loop.stop()
+
+
+@pytest.fixture
+async def bsky(networks: Networks, tmp_path: Path) -> AsyncIterator[BlueskyNetwork]:
+    """The Bluesky adapter on the sandbox, closed (with its HTTP session) after the test."""
+    network = BlueskyNetwork(networks.accounts()["news_bsky"], Store(tmp_path / "s.sqlite3"))
+    try:
+        yield network
+    finally:
+        await network.close()

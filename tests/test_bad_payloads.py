@@ -25,7 +25,6 @@ from aiohttp import web
 from conftest import Networks
 from harness import LoopThread, wait_for
 
-from relaybird.config import load_config
 from relaybird.media import MediaFetcher, MediaPolicy
 from relaybird.model import Event, Post, TargetRef
 from relaybird.networks.base import PermanentError, TemporaryError
@@ -35,7 +34,6 @@ from relaybird.networks.mastodon import MastodonNetwork
 from relaybird.networks.telegram import TelegramNetwork
 from relaybird.networks.telegram_inbound import TelegramListener
 from relaybird.sandbox.telegram import ApiCall
-from relaybird.store import Store
 
 HTML_PAGE = b"<!DOCTYPE html><html><head><title>502</title></head><body>nginx</body></html>"
 HOSTILE_HTML = '<p>hostile \ud800 text <a href="javascript:alert(1)">click</a></p>'
@@ -389,24 +387,10 @@ async def running(coroutine: Awaitable[None]) -> AsyncIterator[None]:
         assert task.cancelled() or task.exception() is None
 
 
-def accounts(networks: Networks) -> dict[str, Any]:
-    return dict(load_config(networks.write_config(), networks.env).accounts)
-
-
-@pytest.fixture
-async def bsky(networks: Networks, tmp_path: Path) -> AsyncIterator[BlueskyNetwork]:
-    """The Bluesky adapter on the sandbox, closed (with its HTTP session) after the test."""
-    network = BlueskyNetwork(accounts(networks)["news_bsky"], Store(tmp_path / "s.sqlite3"))
-    try:
-        yield network
-    finally:
-        await network.close()
-
-
 async def test_mastodon_listener_saves_the_cursor_past_an_unreadable_status(
     networks: Networks,
 ) -> None:
-    network = MastodonNetwork(accounts(networks)["news_masto"])
+    network = MastodonNetwork(networks.accounts()["news_masto"])
     await network.open()
     account_id = str(network.me["id"])
     loop, masto = networks.loop, networks.masto
@@ -432,7 +416,7 @@ async def test_telegram_listener_confirms_unreadable_updates_and_goes_on(
 ) -> None:
     tg, loop = networks.tg, networks.loop
     bot_account = tg.world.bots_by_token[networks.env["TELEGRAM_BOT_TOKEN"]]
-    network = TelegramNetwork(accounts(networks)["news_tg"])
+    network = TelegramNetwork(networks.accounts()["news_tg"])
     await network.open()
     listener = TelegramListener(
         "news_tg",
@@ -538,7 +522,7 @@ def text_post(text: str) -> Post:
 async def test_mastodon_publish_retries_on_an_unreadable_answer(
     networks: Networks, answer: str
 ) -> None:
-    network = MastodonNetwork(accounts(networks)["news_masto"])
+    network = MastodonNetwork(networks.accounts()["news_masto"])
     await network.open()
 
     async def hook(request: web.Request) -> web.StreamResponse | None:
@@ -559,7 +543,7 @@ async def test_mastodon_publish_retries_on_an_unreadable_answer(
 
 
 async def test_mastodon_adapter_open_retries_on_an_html_instance_answer(networks: Networks) -> None:
-    network = MastodonNetwork(accounts(networks)["news_masto"])
+    network = MastodonNetwork(networks.accounts()["news_masto"])
 
     async def hook(request: web.Request) -> web.StreamResponse | None:
         return await html_page(request) if request.path == "/api/v2/instance" else None
@@ -609,7 +593,7 @@ async def test_telegram_send_with_an_unreadable_success_is_dead_lettered_not_ret
     networks: Networks, answer: str
 ) -> None:
     """No idempotency key on Telegram: a 200 that cannot be read may hide a sent message."""
-    network = TelegramNetwork(accounts(networks)["news_tg"])
+    network = TelegramNetwork(networks.accounts()["news_tg"])
     await network.open()
     hook = telegram_hook("sendMessage", BAD_ANSWERS[answer])
     networks.loop.call(networks.tg.hooks.append, hook)
@@ -625,7 +609,7 @@ async def test_telegram_send_with_an_unreadable_success_is_dead_lettered_not_ret
 async def test_telegram_gateway_error_page_is_retried_with_a_short_reason(
     networks: Networks,
 ) -> None:
-    network = TelegramNetwork(accounts(networks)["news_tg"])
+    network = TelegramNetwork(networks.accounts()["news_tg"])
     await network.open()
     hook = telegram_hook("sendMessage", html_error)
     networks.loop.call(networks.tg.hooks.append, hook)
@@ -645,7 +629,7 @@ async def test_telegram_gateway_error_page_is_retried_with_a_short_reason(
 async def test_telegram_edit_with_an_unreadable_answer_is_retried(
     networks: Networks, answer: str
 ) -> None:
-    network = TelegramNetwork(accounts(networks)["news_tg"])
+    network = TelegramNetwork(networks.accounts()["news_tg"])
     await network.open()
     try:
         ref = await network.publish(text_post("before"), None, network.new_key(), False)

@@ -13,7 +13,6 @@ import pytest
 from conftest import Networks
 from PIL import Image
 
-from relaybird.config import load_config
 from relaybird.model import Media, Post, TargetRef, Visibility
 from relaybird.networks.base import PermanentError, ReplyTarget, TemporaryError
 from relaybird.networks.mastodon import MastodonNetwork
@@ -26,9 +25,7 @@ def png() -> bytes:
 
 
 async def opened(networks: Networks) -> MastodonNetwork:
-    account = load_config(networks.write_config(), networks.env).accounts["news_masto"]
-    assert account.network == "mastodon"
-    network = MastodonNetwork(account)  # type: ignore[arg-type]
+    network = MastodonNetwork(networks.accounts()["news_masto"])
     await network.open()
     return network
 

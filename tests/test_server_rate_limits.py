@@ -8,35 +8,17 @@ must turn them into the time the account is held until, and the budget the worke
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from conftest import Networks
 
-from relaybird.config import load_config
 from relaybird.model import Post, TargetRef
 from relaybird.networks.base import RateLimited
 from relaybird.networks.bluesky import BlueskyNetwork
 from relaybird.networks.mastodon import MastodonNetwork, retry_at_of
 from relaybird.ratelimit import ReportsBudget, ServerBudget
-from relaybird.store import Store
-
-
-def accounts(networks: Networks) -> dict[str, Any]:
-    return dict(load_config(networks.write_config(), networks.env).accounts)
-
-
-@pytest.fixture
-async def bsky(networks: Networks, tmp_path: Path) -> AsyncIterator[BlueskyNetwork]:
-    """The Bluesky adapter on the sandbox, closed (with its HTTP session) after the test."""
-    network = BlueskyNetwork(accounts(networks)["news_bsky"], Store(tmp_path / "s.sqlite3"))
-    try:
-        yield network
-    finally:
-        await network.close()
 
 
 def text_post(text: str) -> Post:
@@ -59,7 +41,7 @@ def bare_429(path: str, headers: dict[str, str] | None = None) -> Any:
 
 
 async def test_mastodon_429_holds_until_the_announced_reset(networks: Networks) -> None:
-    network = MastodonNetwork(accounts(networks)["news_masto"])
+    network = MastodonNetwork(networks.accounts()["news_masto"])
     await network.open()
     networks.loop.call(
         lambda: networks.masto.faults.fail(
@@ -76,7 +58,7 @@ async def test_mastodon_429_holds_until_the_announced_reset(networks: Networks) 
 
 async def test_mastodon_429_without_a_usable_reset_holds_for_a_minute(networks: Networks) -> None:
     """The very first answer is a bare 429: Mastodon.py knows no reset time, and 0 is no answer."""
-    network = MastodonNetwork(accounts(networks)["news_masto"])
+    network = MastodonNetwork(networks.accounts()["news_masto"])
     hook = bare_429("/api/v1/accounts/verify_credentials")
     networks.loop.call(networks.masto.hooks.append, hook)
     try:
@@ -92,7 +74,7 @@ async def test_mastodon_raw_get_honours_the_rate_limit_reset(networks: Networks)
     reset = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() + 9))
     headers = {"X-RateLimit-Reset": reset, "X-RateLimit-Remaining": "0"}
     networks.loop.call(networks.masto.hooks.append, bare_429("/api/v2/instance", headers))
-    network = MastodonNetwork(accounts(networks)["news_masto"])
+    network = MastodonNetwork(networks.accounts()["news_masto"])
     try:
         with pytest.raises(RateLimited) as raised:
             await network.open()
@@ -113,7 +95,7 @@ def test_a_mastodon_429_is_read_in_every_form_servers_send() -> None:
 
 
 async def test_mastodon_reports_the_budget_the_server_announced(networks: Networks) -> None:
-    network = MastodonNetwork(accounts(networks)["news_masto"])
+    network = MastodonNetwork(networks.accounts()["news_masto"])
     assert isinstance(network, ReportsBudget)
     assert network.rate_budget() is None  # nothing heard from the server yet
     await network.open()
