@@ -17,7 +17,7 @@ from relaybird.config import Config, load_config
 from relaybird.model import Event, EventKind, Media, Post, Span, SpanKind, TargetRef
 from relaybird.networks.base import TemporaryError
 from relaybird.relay import Relay
-from relaybird.store import Planned, Store, StoreUnavailable
+from relaybird.store import PARENT_WITHOUT_COPY, Planned, Store, StoreUnavailable
 
 
 @pytest.fixture
@@ -91,6 +91,23 @@ def test_dead_letters_can_be_requeued(store: Store) -> None:
     assert [d.last_error for d in store.deliveries("dead")] == ["refused: too long"]
     assert store.requeue() == 1
     assert store.delivery(ids[0]).state == "retry"
+
+
+def test_requeue_brings_back_only_the_replies_skipped_for_want_of_that_parent(
+    store: Store,
+) -> None:
+    (parent,) = store.accept(event("1"), [Planned("mirror", "tg")])
+    (reply,) = store.accept(event("2", reply_to="1"), [Planned("mirror", "tg")])
+    (unrelated,) = store.accept(event("3", reply_to="9"), [Planned("mirror", "tg")])
+    store.dead_letter(store.delivery(parent), "refused")
+    store.skip(store.delivery(reply), f"{PARENT_WITHOUT_COPY} on tg (1)")
+    store.skip(store.delivery(unrelated), f"{PARENT_WITHOUT_COPY} on tg (9)")
+    assert store.requeue(parent) == 1
+    assert [store.delivery(i).state for i in (parent, reply, unrelated)] == [
+        "retry",
+        "pending",
+        "skipped",
+    ]
 
 
 def test_payload_round_trips_spans_and_media_bytes(store: Store) -> None:

@@ -380,6 +380,32 @@ async def test_a_requeued_dead_letter_is_picked_up_without_a_wake(
     assert target.texts() == ["post 1"]
 
 
+async def test_retrying_a_dead_parent_brings_back_the_thread_its_replies_were_skipped_from(
+    store: Store, running: Running
+) -> None:
+    target = FakeNetwork("tg", failures={"post 1": [PermanentError("chat not found")]})
+    worker = running.start(Worker(target, store))
+    (parent_id,) = queue(store, "1", ["tg"])
+    (reply_id,) = queue(store, "2", ["tg"], reply_to="1")
+    (grandchild_id,) = queue(store, "3", ["tg"], reply_to="2")
+    (other_id,) = queue(store, "4", ["tg"])
+    wake(worker)
+    await until(lambda: store.delivery(grandchild_id).state == "skipped", what="the thread skipped")
+    await until(lambda: store.delivery(other_id).state == "done", what="the unrelated post")
+    assert store.delivery(parent_id).state == "dead"
+    assert store.delivery(reply_id).last_error.startswith("its parent has no copy on tg")
+    # The operator fixes the chat and runs `relaybird retry ID`.
+    assert store.requeue(parent_id) == 1
+    wake(worker)
+    await until(lambda: store.delivery(grandchild_id).state == "done", what="the thread restored")
+    by_text = {text: parent for text, parent in target.posts.values()}
+    copies = {n: store.mapping("source", n, "tg") for n in "123"}
+    assert all(copies.values())
+    assert by_text["post 2"] == copies["1"].first.id  # type: ignore[union-attr]
+    assert by_text["post 3"] == copies["2"].first.id  # type: ignore[union-attr]
+    assert target.texts().count("post 4") == 1
+
+
 async def test_deliveries_record_metrics_by_route_target_and_outcome(
     store: Store, running: Running
 ) -> None:

@@ -146,7 +146,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
         else:
             err.print(f"delivery {args.id} is not dead-lettered (it is {state}); nothing to do")
         return EXIT_RUNTIME
-    out.print(f"re-queued {count} dead-lettered deliver{'y' if count == 1 else 'ies'}")
+    out.print(
+        f"re-queued {count} dead-lettered deliver{'y' if count == 1 else 'ies'}"
+        " (with the replies that were skipped for want of their copies)"
+    )
     return 0
 
 

@@ -110,6 +110,23 @@ MIGRATIONS: list[str] = [
 ]
 
 OPEN_STATES = ("pending", "retry")
+#: How a reply skipped for want of its parent's copy is recorded (the worker's reason starts so).
+PARENT_WITHOUT_COPY = "its parent has no copy"
+
+#: The replies (at any depth) skipped because the delivery `?` left their parent without a copy.
+_REVIVE_ORPHANED_REPLIES = """
+WITH RECURSIVE thread(id, source_account, source_id, target_account) AS (
+    SELECT id, source_account, source_id, target_account FROM deliveries WHERE id=?
+    UNION
+    SELECT d.id, d.source_account, d.source_id, d.target_account
+    FROM deliveries d JOIN thread t ON d.target_account=t.target_account
+        AND d.source_account=t.source_account AND d.parent_source_id=t.source_id
+    WHERE d.state='skipped' AND d.last_error LIKE ?
+)
+UPDATE deliveries SET state='pending', next_at=0, done_at=NULL, last_error=''
+WHERE state='skipped' AND id IN (SELECT id FROM thread)
+"""
+
 _NOT_WAITING_FOR_PARENT = (
     "NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.target_account=d.target_account"
     " AND p.source_account=d.source_account AND p.source_id=d.parent_source_id"
@@ -674,12 +691,26 @@ class Store:
             )
 
     def requeue(self, delivery_id: int | None = None) -> int:
-        """Put dead-lettered deliveries back in the queue after the operator fixed the cause."""
-        query = "UPDATE deliveries SET state='retry', next_at=0, done_at=NULL WHERE state='dead'"
+        """Put dead-lettered deliveries back in the queue after the operator fixed the cause.
+
+        Replies that were skipped because such a delivery left their parent without a copy come
+        back with it (and their own replies, down the thread): they wait for the parent's new
+        attempt, so a successful retry restores the whole thread. Returns how many dead letters
+        were re-queued.
+        """
+        where = "state='dead'" if delivery_id is None else "state='dead' AND id=?"
+        args: tuple[int, ...] = () if delivery_id is None else (delivery_id,)
         with self.transaction() as db:
-            if delivery_id is None:
-                return db.execute(query).rowcount
-            return db.execute(query + " AND id=?", (delivery_id,)).rowcount
+            revived = [
+                row["id"] for row in db.execute(f"SELECT id FROM deliveries WHERE {where}", args)
+            ]
+            for found in revived:
+                db.execute(
+                    "UPDATE deliveries SET state='retry', next_at=0, done_at=NULL WHERE id=?",
+                    (found,),
+                )
+                db.execute(_REVIVE_ORPHANED_REPLIES, (found, f"{PARENT_WITHOUT_COPY}%"))
+            return len(revived)
 
     def interrupted(self) -> list[Delivery]:
         """Deliveries a previous run was sending when it stopped."""

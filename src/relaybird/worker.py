@@ -33,7 +33,7 @@ from relaybird.networks.base import (
     ReplyTarget,
 )
 from relaybird.ratelimit import AccountLimiter, Operation, ReportsBudget
-from relaybird.store import Delivery, Part, Store
+from relaybird.store import PARENT_WITHOUT_COPY, Delivery, Part, Store
 from relaybird.store import Mapping as CopyMapping
 
 log = logging.getLogger(__name__)
@@ -374,7 +374,7 @@ class Worker:
             return ReplyTarget(parent=mapping.last, root=mapping.root), post
         route = self.routes.get(delivery.route)
         if route_option(route, "unmapped_parent", "skip") == "skip":
-            raise Skip(f"its parent {post.reply_to} has no copy on {delivery.target_account}")
+            raise Skip(f"{PARENT_WITHOUT_COPY} on {delivery.target_account} ({post.reply_to})")
         return None, post
 
     async def _create(self, delivery: Delivery, post: Post) -> TargetRef:
