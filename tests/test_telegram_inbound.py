@@ -25,7 +25,7 @@ from relaybird.model import Author, Event, EventKind, Post, Span, SpanKind, Visi
 from relaybird.networks.telegram import CAPABILITIES
 from relaybird.networks.telegram_api import TelegramApi
 from relaybird.networks.telegram_format import post_to_entities
-from relaybird.networks.telegram_inbound import TelegramListener
+from relaybird.networks.telegram_inbound import MAX_FILE_ATTEMPTS, TelegramListener
 from relaybird.sandbox.telegram import ApiCall, SandboxLimits, TelegramSandbox
 from relaybird.sandbox.telegram_state import SandboxBot, SandboxChat, SandboxUser
 from relaybird.store import StoreUnavailable
@@ -369,6 +369,33 @@ async def test_media_from_a_bot_keep_their_type_spoiler_and_size_limit(world: Wo
     )
     assert too_big.post.media[0].data is None
     assert too_big.post.media[0].url.startswith("tg-file:")
+
+
+async def test_a_file_telegram_keeps_failing_to_serve_holds_the_chat_only_for_a_while(
+    world: World,
+) -> None:
+    """getFile failing on the network is retried on the next polls (nothing confirmed meanwhile),
+    but not for ever: the post then goes on with its photo as a link, and the chat moves on."""
+    calls = {"getFile": 0}
+
+    async def failing(call: ApiCall) -> web.StreamResponse | None:
+        if call.method != "getFile":
+            return None
+        calls["getFile"] += 1
+        body = {"ok": False, "error_code": 500, "description": "Internal Server Error"}
+        return web.json_response(body, status=500)
+
+    world.hook(failing)
+    sink = RecordingSink()
+    async with listening(world.listener(world.channel), sink, fresh=True):
+        await world.poster.send_photo(world.channel.id, image_bytes((1, 2, 3)), caption="photo")
+        world.sandbox.post_as_user(world.channel.id, None, "after it")
+        photo, after = await events_count(sink, 2)
+    assert calls["getFile"] == MAX_FILE_ATTEMPTS
+    assert photo.post.text == "photo" and photo.post.media[0].data is None
+    assert photo.post.media[0].url.startswith("tg-file:")
+    assert after.post.text == "after it"
+    assert any(not connected for connected, _ in sink.connected)
 
 
 # ------------------------------------------------------------------------------------ warnings

@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 #: What the Bot API lets a bot download through getFile; bigger files stay links to the original.
 MAX_GETFILE_BYTES = 20 * 1024 * 1024
+#: Polls in a row in which one file's getFile may fail before its post goes on without the bytes
+#: (with the backoff between polls, a couple of minutes): one file Telegram cannot serve must
+#: not hold the chat for good, while an outage of a few seconds costs no media.
+MAX_FILE_ATTEMPTS = 8
 ALLOWED_UPDATES = ("channel_post", "edited_channel_post", "message", "edited_message")
 _NEW = frozenset({"channel_post", "message"})
 #: Albums remembered after they were emitted, so that editing one part edits the whole post.
@@ -135,6 +139,8 @@ class TelegramListener:
         self._held: list[_Held] = []
         self._open: set[int] = set()
         self._albums: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        #: How many polls in a row a file's getFile failed on the network, by file_id.
+        self._file_failures: dict[str, int] = {}
         self.media_policy = replace(
             MediaPolicy.of(api.base_file_url, extra_hosts=media_hosts),
             max_bytes=MAX_GETFILE_BYTES,
@@ -366,20 +372,36 @@ class TelegramListener:
         """The medium with its bytes; a file that cannot be had keeps only its reference.
 
         Network failures of `getFile` propagate: the update is then not confirmed and is fetched
-        again later. Anything about the file itself (refused, too big, not what it claims to be,
-        an answer that cannot be read) leaves the medium as a link, so one file never blocks the
-        chat. The download URL holds the bot token: it is never logged.
+        again later, up to `MAX_FILE_ATTEMPTS` polls. Anything about the file itself (refused,
+        too big, not what it claims to be, an answer that cannot be read) leaves the medium as a
+        link, so one file never blocks the chat. The download URL holds the bot token: it is
+        never logged.
         """
         file_id = file_id_of(item)
         if file_id is None or self._media is None:
             return item
         try:
             found = await self.api.call("getFile", {"file_id": file_id})
-        except (FloodWait, NotSent, InDoubt):
+        except FloodWait:
             raise
+        except (NotSent, InDoubt) as error:
+            failures = self._file_failures.get(file_id, 0) + 1
+            if failures < MAX_FILE_ATTEMPTS:
+                self._file_failures[file_id] = failures
+                raise
+            self._file_failures.pop(file_id, None)
+            log.warning(
+                "%s: getFile of a %s failed %d times in a row (%s); linking to it",
+                self.name,
+                item.mime,
+                failures,
+                error,
+            )
+            return item
         except ApiError as error:
             log.warning("%s: cannot fetch %s (%s); linking to it", self.name, item.mime, error)
             return item
+        self._file_failures.pop(file_id, None)
         size = found.get("file_size") if isinstance(found, dict) else None
         if isinstance(size, int) and size > MAX_GETFILE_BYTES:
             log.warning(
