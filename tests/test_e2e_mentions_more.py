@@ -8,6 +8,8 @@ sandbox's user actions and Mastodon's API.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -500,3 +502,28 @@ def test_telegram_unauthorized_request_posts_nothing(tg_bot_world: TgBotWorld) -
     answer = world.answer_to(request["message_id"])
     assert answer["text"] == "Sorry, I only crosspost for the people who run this account."
     assert not any("watches" in s["content"] for s in world.statuses())
+
+
+def test_telegram_request_after_a_restart_still_finds_the_post_it_answers(
+    tg_bot_world: TgBotWorld,
+) -> None:
+    """Bots cannot read a Telegram message by id: the chat's recent posts are kept in the state
+    database, so a request made after a restart can still crosspost what it answers."""
+    world = tg_bot_world
+    parent = world.say(world.sam, "Bake sale moved to the town hall")
+    state = world.daemon.config.parent / "state.sqlite3"
+
+    def kept() -> bool:
+        with contextlib.closing(sqlite3.connect(f"file:{state}?mode=ro", uri=True)) as db:
+            query = "SELECT 1 FROM chat_posts WHERE post_id = ?"
+            row = db.execute(query, (f"{world.group}:{parent['message_id']}",)).fetchone()
+            return row is not None
+
+    wait_for(kept, timeout=WAIT, what="the post kept in the state database")
+    world.daemon.stop()
+    world.daemon.start()
+    request = world.say(world.sam, "/crosspost", reply_to=parent["message_id"])
+    answer = world.answer_to(request["message_id"])
+    copies = [s for s in world.statuses() if "Bake sale moved" in s["content"]]
+    assert len(copies) == 1
+    assert answer["text"] == f"Crossposted:\nMastodon: {copies[0]['url']}"

@@ -14,7 +14,7 @@ from conftest import Networks
 from harness import wait_for
 
 from relaybird.config import Config, load_config
-from relaybird.model import Event, EventKind, Media, Post, Span, SpanKind, TargetRef
+from relaybird.model import Author, Event, EventKind, Media, Post, Span, SpanKind, TargetRef
 from relaybird.networks.base import TemporaryError
 from relaybird.relay import Relay
 from relaybird.store import PARENT_WITHOUT_COPY, Planned, Store, StoreUnavailable
@@ -553,3 +553,14 @@ def test_a_reply_waiting_for_its_parent_does_not_wake_the_worker_early(store: St
     store.retry_later(store.delivery(parent), "503", at=5000.0)
     assert store.next_wakeup("bsky") == 5000.0
     assert store.next_delivery("bsky", now=4999.0) is None
+
+
+def test_a_chat_keeps_only_its_newest_posts_for_later_requests(store: Store) -> None:
+    sam = Author("telegram", "sam_staff", "Sam", id="42")
+    for n in range(5):
+        store.remember_chat_post("group", Post(id=f"-100:{n}", text=f"post {n}"), sam, keep=3)
+    store.remember_chat_post("other", Post(id="-200:1", text="elsewhere"), None, keep=3)
+    assert store.chat_post("group", "-100:1") is None
+    found = store.chat_post("group", "-100:4")
+    assert found is not None and found[0].text == "post 4" and found[1] == sam
+    assert store.chat_post("other", "-200:1") == (Post(id="-200:1", text="elsewhere"), None)

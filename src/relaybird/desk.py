@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from relaybird.commands import (
@@ -61,7 +60,6 @@ class Desk:
             command.bot: PersonLimiter(command.per_person_per_hour, 3600.0)
             for command in config.commands
         }
-        self.recent: OrderedDict[tuple[str, str], Seen] = OrderedDict()
 
     # who listens to what
 
@@ -88,10 +86,7 @@ class Desk:
     # intake
 
     def remember(self, event: Event) -> None:
-        self.recent[(event.account, event.post.id)] = Seen(event.post, event.by)
-        self.recent.move_to_end((event.account, event.post.id))
-        while len(self.recent) > REMEMBERED_POSTS:
-            self.recent.popitem(last=False)
+        self.store.remember_chat_post(event.account, event.post, event.by, REMEMBERED_POSTS)
 
     async def intake(self, event: Event) -> Event | None:
         """The event the router should see next, or None when the desk has dealt with it."""
@@ -274,9 +269,9 @@ class Desk:
         return None
 
     async def _parent(self, account: str, post_id: str) -> Seen | None:
-        seen = self.recent.get((account, post_id))
-        if seen is not None:
-            return seen
+        found = self.store.chat_post(account, post_id)
+        if found is not None:
+            return Seen(*found)
         network = self.networks.get(account)
         post = await network.fetch_post(post_id) if network is not None else None
         return None if post is None else Seen(post, None)

@@ -13,14 +13,15 @@ do the copies it made, which recognise our own posts coming back as echoes.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from relaybird.model import Event, Post, TargetRef
+from relaybird.model import Author, Event, Post, TargetRef
 from relaybird.networks.base import TemporaryError
 
 MIGRATIONS: list[str] = [
@@ -106,6 +107,17 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE parts ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
     CREATE INDEX parts_unconfirmed ON parts (state) WHERE target_id IS NULL;
+    """,
+    """
+    CREATE TABLE chat_posts (
+        account TEXT NOT NULL,
+        post_id TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        sender TEXT,
+        at REAL NOT NULL,
+        PRIMARY KEY (account, post_id)
+    );
+    CREATE INDEX chat_posts_by_age ON chat_posts (account, at);
     """,
 ]
 
@@ -720,6 +732,36 @@ class Store:
     def resume(self, delivery: Delivery) -> None:
         with self.transaction() as db:
             db.execute("UPDATE deliveries SET state='retry' WHERE id=?", (delivery.id,))
+
+    # chat posts a bot may be asked about
+
+    def remember_chat_post(
+        self, account: str, post: Post, sender: Author | None, keep: int
+    ) -> None:
+        """Keep a chat's recent post, for a crosspost request that answers it later, even after a
+        restart: bots cannot read a Telegram message by id. Only the newest `keep` are kept."""
+        by = json.dumps(asdict(sender)) if sender is not None else None
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO chat_posts (account, post_id, payload, sender, at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (account, post.id, post.to_json(), by, time.time()),
+            )
+            db.execute(
+                "DELETE FROM chat_posts WHERE account=? AND rowid NOT IN (SELECT rowid FROM"
+                " chat_posts WHERE account=? ORDER BY at DESC, rowid DESC LIMIT ?)",
+                (account, account, keep),
+            )
+
+    def chat_post(self, account: str, post_id: str) -> tuple[Post, Author | None] | None:
+        row = self.db.execute(
+            "SELECT payload, sender FROM chat_posts WHERE account=? AND post_id=?",
+            (account, post_id),
+        ).fetchone()
+        if row is None:
+            return None
+        sender = Author(**json.loads(row["sender"])) if row["sender"] else None
+        return Post.from_json(row["payload"]), sender
 
     # mappings
 
