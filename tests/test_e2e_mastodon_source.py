@@ -242,6 +242,25 @@ def test_healthz_reports_a_lost_stream_with_503(networks: Networks) -> None:
         daemon.stop()
 
 
+def test_a_card_the_server_fetches_after_the_status_still_reaches_bluesky(
+    networks: Networks,
+) -> None:
+    """Mastodon streams a new status before its link card is fetched; the copy waits for it."""
+    url = "https://example.org/story/late"
+    networks.loop.call(
+        lambda: networks.masto.register_card(url, "Late card", "Fetched later", fetched_after=1.0)
+    )
+    daemon = networks.daemon().start()
+    try:
+        status = networks.editor().status_post(f"Breaking: {url}")
+        assert status["card"] is None  # as the server answered, and streamed, at creation
+        mirrored(networks, 1, 1)
+    finally:
+        daemon.stop()
+    external = value(networks.bsky_posts()[0])["embed"]["external"]
+    assert (external["uri"], external["title"]) == (url, "Late card")
+
+
 def test_link_card_becomes_a_bluesky_external_embed_with_thumbnail(networks: Networks) -> None:
     url = "https://example.org/story/card"
     thumb = noisy_jpeg((300, 200))

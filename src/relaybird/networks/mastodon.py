@@ -27,7 +27,7 @@ import aiohttp
 from relaybird import richtext
 from relaybird.config import MastodonAccount
 from relaybird.media import MediaFetcher, MediaPolicy
-from relaybird.model import Event, EventKind, LinkCard, Media, Post, Span, TargetRef
+from relaybird.model import Event, EventKind, LinkCard, Media, Post, Span, SpanKind, TargetRef
 from relaybird.networks.base import (
     Capabilities,
     DeliveryError,
@@ -58,6 +58,12 @@ MAX_RECONNECT_SECONDS = 300.0
 CATCH_UP_PAGE = 40
 #: How long to hold the account when a 429 says nothing usable about when to come back.
 DEFAULT_RATE_LIMIT_WAIT = 60.0
+#: Mastodon fetches a link's preview card in a background job after the status is created, so the
+#: status streamed at creation usually has none yet: a new status with a link is read again for up
+#: to this long to carry its card (a Bluesky copy cannot get one later: it cannot be edited).
+CARD_WAIT_SECONDS = 3.0
+#: Only statuses this recent are waited for; one read in a catch-up has had its card fetched.
+CARD_WAIT_MAX_AGE_SECONDS = 60.0
 #: A create, edit or upload that takes longer than this is given up and retried (same key).
 REQUEST_TIMEOUT_SECONDS = 30.0
 #: How long an uploaded image may stay in processing before the upload counts as failed.
@@ -446,13 +452,36 @@ class MastodonNetwork:
                 sink.save_cursor(self.name, self._cursor)
             return
         post = replace(post, media=[await self.media.fetch(item) for item in post.media])
-        post.card = await self._card(status.get("card"))
+        card = status.get("card") if edit else await self._card_of_new(status, post)
+        post.card = await self._card(card)
         if edit:
             version = as_text(status.get("edited_at"))
             await sink.accept(Event(EventKind.EDIT, self.name, post, version=version))
             return
         kind = EventKind.REPLY if post.reply_to else EventKind.POST
         await sink.accept(Event(kind=kind, account=self.name, post=post, cursor=self._cursor))
+
+    async def _card_of_new(self, status: dict[str, Any], post: Post) -> Any:
+        """The status's card, read again while the server may still be fetching it."""
+        card = status.get("card")
+        if card or post.media or not any(span.kind is SpanKind.LINK for span in post.spans):
+            return card
+        if not _recent(post.created_at, CARD_WAIT_MAX_AGE_SECONDS):
+            return card
+        deadline = time.monotonic() + CARD_WAIT_SECONDS
+        pause = 0.25
+        while time.monotonic() + pause <= deadline:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+            try:
+                fresh = await self._get_json(f"/api/v1/statuses/{post.id}")
+            except DeliveryError as error:
+                log.info("%s: no card for %s (%s)", self.name, post.id, error)
+                return None
+            card = as_dict(fresh).get("card")
+            if card:
+                return card
+        return None
 
     async def _card(self, card: Any) -> LinkCard | None:
         """Mastodon's link preview, with its image, for targets that show cards."""
@@ -693,3 +722,14 @@ def _hostname(url: str) -> str:
         return urlsplit(url).hostname or ""
     except ValueError:
         return ""
+
+
+def _recent(created_at: str, seconds: float) -> bool:
+    """Whether an ISO time is within `seconds` of now (a time that cannot be read is not)."""
+    try:
+        moment = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if moment.tzinfo is None:
+        return False
+    return abs(datetime.now(UTC).timestamp() - moment.timestamp()) <= seconds

@@ -337,9 +337,19 @@ class MastodonSandbox:
         return who if isinstance(who, SandboxAccount) else self.account(who)
 
     def register_card(
-        self, url: str, title: str, description: str = "", image: bytes | None = None
+        self,
+        url: str,
+        title: str,
+        description: str = "",
+        image: bytes | None = None,
+        fetched_after: float = 0.0,
     ) -> None:
-        """What the server's link fetcher found at `url`; statuses linking to it show this card."""
+        """What the server's link fetcher found at `url`; statuses linking to it show this card.
+
+        Mastodon fetches a link's card in a background job after the status is created, so the
+        status streamed at creation has none; `fetched_after` seconds later it has it.
+        """
+        self.entities.card_delays[url] = fetched_after
         image_url = None
         if image is not None:
             self._card_images[url] = image

@@ -7,7 +7,8 @@ MediaAttachment, Notification, Instance, ...). Fields that depend on who is aski
 
 from __future__ import annotations
 
-from datetime import datetime
+import math
+from datetime import UTC, datetime
 from typing import Any
 
 from relaybird.sandbox.mastodon_store import (
@@ -43,12 +44,16 @@ class Entities:
         self.site = store.site
         self.title = title
         self.cards: dict[str, Json] = {}
+        #: Seconds after a status is created before its card is there (see `register_card`).
+        self.card_delays: dict[str, float] = {}
 
-    def card_for(self, text: str) -> Json | None:
-        """The preview card of the first link the server has fetched one for, as Mastodon shows it."""
+    def card_for(self, text: str, created_at: datetime | None = None) -> Json | None:
+        """The preview card of the first link the server has fetched one for, as Mastodon shows it:
+        only once the fetch after the status's creation is done."""
+        age = (datetime.now(UTC) - created_at).total_seconds() if created_at else math.inf
         for url, card in self.cards.items():
             if url in text:
-                return card
+                return card if age >= self.card_delays.get(url, 0.0) else None
         return None
 
     # accounts
@@ -164,7 +169,9 @@ class Entities:
             "emojis": [],
             "quote": None,
             "quote_approval": self._quote_approval(status),
-            "card": None if original or status.media_ids else self.card_for(status.text),
+            "card": None
+            if original or status.media_ids
+            else self.card_for(status.text, status.created_at),
             "poll": None,
         }
         if viewer is not None:
