@@ -34,8 +34,9 @@ from relaybird.store import Delivery, Store
 TARGETS = ("demo_bsky", "demo_tg")
 WAIT_SECONDS = 60.0
 
+REPORT_URL = "https://example.org/reports/2026/annual-report?lang=en"
 LINK_POST = (
-    "Our annual report is out: https://example.org/reports/2026/annual-report?lang=en "
+    f"Our annual report is out: {REPORT_URL} "
     "#OpenData\n\nالتقرير السنوي متاح الآن للجميع 🌍✨ شاركوه مع أصدقائكم 👩‍👩‍👧"
 )
 THREAD = [
@@ -181,6 +182,10 @@ async def run_demo(keep: bool = False, verbose: bool = False) -> int:
     try:
         masto_url, bsky_url, tg_url = await asyncio.gather(masto.start(), bsky.start(), tg.start())
         editor = masto.create_account("newsroom", "The Newsroom")
+        # As on a real server, the link's preview card is fetched a moment after the post.
+        masto.register_card(
+            REPORT_URL, "Annual report 2026", "Our year in numbers.", fetched_after=0.3
+        )
         bsky_account = bsky.create_account("newsroom.bsky.sandbox", "demo-app-password")
         bot = tg.create_bot("relaybird_bot", "relaybird")
         tg.create_channel("newsroom_channel", "The Newsroom", admins=[bot.id])
