@@ -17,7 +17,7 @@ from relaybird.sandbox.mastodon import MastodonSandbox
 from relaybird.sandbox.telegram import TelegramSandbox
 from relaybird.store import Store
 from tests.appview import appview_network_fixture
-from tests.harness import Daemon, LoopThread, free_port
+from tests.harness import Daemon, LoopThread, free_port, serving
 from tests.realpds import real_pds_fixture
 
 real_pds = pytest.fixture(scope="session", name="real_pds")(real_pds_fixture())
@@ -112,18 +112,16 @@ to = ["news_bsky", "news_tg"]
 
 @pytest.fixture
 def networks(tmp_path: Path) -> Iterator[Networks]:
-    loop = LoopThread()
     masto = MastodonSandbox(defer_image_processing=False)
     bsky, tg = BlueskySandbox(), TelegramSandbox()
-    loop.run(masto.start())
-    loop.run(bsky.start())
-    loop.run(tg.start())
-    editor = loop.call(masto.create_account, "newsroom", "The Newsroom")
-    account = loop.call(bsky.create_account, "newsroom.bsky.sandbox", SECRETS["BSKY_APP_PASSWORD"])
-    bot = loop.call(tg.create_bot, "relaybird_bot", "relaybird")
-    loop.call(tg.create_channel, "newsroom_channel", "The Newsroom", [bot.id])
-    env = {**SECRETS, "MASTODON_TOKEN": editor.token, "TELEGRAM_BOT_TOKEN": bot.token}
-    try:
+    with serving(masto, bsky, tg) as loop:
+        editor = loop.call(masto.create_account, "newsroom", "The Newsroom")
+        account = loop.call(
+            bsky.create_account, "newsroom.bsky.sandbox", SECRETS["BSKY_APP_PASSWORD"]
+        )
+        bot = loop.call(tg.create_bot, "relaybird_bot", "relaybird")
+        loop.call(tg.create_channel, "newsroom_channel", "The Newsroom", [bot.id])
+        env = {**SECRETS, "MASTODON_TOKEN": editor.token, "TELEGRAM_BOT_TOKEN": bot.token}
         yield Networks(
             loop=loop,
             masto=masto,
@@ -137,10 +135,6 @@ def networks(tmp_path: Path) -> Iterator[Networks]:
             channel="@newsroom_channel",
             listen_port=free_port(),
         )
-    finally:
-        for sandbox in (masto, bsky, tg):
-            loop.run(sandbox.stop())
-        loop.stop()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ as a person would, while the daemon under test runs as `relaybird run` in a sepa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -17,9 +18,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -44,6 +45,30 @@ class LoopThread:
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+
+
+class Server(Protocol):
+    """A sandbox: started and stopped on the loop that serves it."""
+
+    async def start(self) -> Any: ...
+
+    async def stop(self) -> None: ...
+
+
+@contextlib.contextmanager
+def serving(*servers: Server) -> Iterator[LoopThread]:
+    """The servers started on a loop thread of their own; stopped, with the loop, on the way out."""
+    loop = LoopThread()
+    started: list[Server] = []
+    try:
+        for server in servers:
+            loop.run(server.start())
+            started.append(server)
+        yield loop
+    finally:
+        for server in reversed(started):
+            loop.run(server.stop())
+        loop.stop()
 
 
 def telegram_links(message: dict[str, Any]) -> list[str]:

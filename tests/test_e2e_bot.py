@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Daemon, LoopThread, free_port, wait_for
+from harness import Daemon, LoopThread, free_port, serving, wait_for
 from mastodon import Mastodon
 
 from relaybird.sandbox.mastodon import MastodonSandbox
@@ -46,20 +46,18 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     folder: Path = tmp_path_factory.mktemp("bot")
-    loop = LoopThread()
     masto, tg = MastodonSandbox(defer_image_processing=False), TelegramSandbox()
-    loop.run(masto.start())
-    loop.run(tg.start())
-    news = loop.call(masto.create_account, "news", "The News")
-    alice = loop.call(masto.create_account, "alice", "Alice Example")
-    mallory = loop.call(masto.create_account, "mallory", "Mallory")
-    bot = loop.call(tg.create_bot, "channel_bot", "Channel")
-    loop.call(tg.create_channel, "news_channel", "News", [bot.id])
-    host = masto.base_url.split("//", 1)[1].split(":", 1)[0]
-    port = free_port()
-    config = folder / "relaybird.toml"
-    config.write_text(
-        f"""[relaybird]
+    with serving(masto, tg) as loop:
+        news = loop.call(masto.create_account, "news", "The News")
+        alice = loop.call(masto.create_account, "alice", "Alice Example")
+        mallory = loop.call(masto.create_account, "mallory", "Mallory")
+        bot = loop.call(tg.create_bot, "channel_bot", "Channel")
+        loop.call(tg.create_channel, "news_channel", "News", [bot.id])
+        host = masto.base_url.split("//", 1)[1].split(":", 1)[0]
+        port = free_port()
+        config = folder / "relaybird.toml"
+        config.write_text(
+            f"""[relaybird]
 state = "state.sqlite3"
 listen = "127.0.0.1:{port}"
 
@@ -86,20 +84,19 @@ bot = "news_masto"
 route = "crosspost"
 allow = ["alice@{host}"]
 """,
-        encoding="utf-8",
-    )
-    daemon = Daemon(config, port, {"NEWS_TOKEN": news.token, "TG_TOKEN": bot.token}).start()
+            encoding="utf-8",
+        )
+        daemon = Daemon(config, port, {"NEWS_TOKEN": news.token, "TG_TOKEN": bot.token}).start()
 
-    def client(token: str) -> Mastodon:
-        return Mastodon(api_base_url=masto.base_url, access_token=token, version_check_mode="none")
+        def client(token: str) -> Mastodon:
+            return Mastodon(
+                api_base_url=masto.base_url, access_token=token, version_check_mode="none"
+            )
 
-    try:
-        yield World(loop, masto, tg, daemon, client(alice.token), client(mallory.token))
-    finally:
-        daemon.stop()
-        loop.run(masto.stop())
-        loop.run(tg.stop())
-        loop.stop()
+        try:
+            yield World(loop, masto, tg, daemon, client(alice.token), client(mallory.token))
+        finally:
+            daemon.stop()
 
 
 def test_reply_request_crossposts_the_parent_and_links_the_copy(world: World) -> None:

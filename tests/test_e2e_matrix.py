@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import regex
-from harness import Daemon, LoopThread, free_port, wait_for
+from harness import Daemon, LoopThread, free_port, serving, wait_for
 from realpds import RealPds
 from sides import BlueskySide, Copy, MastodonSide, Side, TelegramSide, small_png
 
@@ -53,17 +53,10 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def world(real_pds: RealPds) -> Iterator[World]:
-    loop = LoopThread()
     masto = MastodonSandbox(defer_image_processing=False)
     tg = TelegramSandbox(per_chat_limit=1000)
-    loop.run(masto.start())
-    loop.run(tg.start())
-    try:
+    with serving(masto, tg) as loop:
         yield World(loop, masto, tg, real_pds)
-    finally:
-        loop.run(masto.stop())
-        loop.run(tg.stop())
-        loop.stop()
 
 
 def make_side(world: World, network: str, role: str) -> Side:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Daemon, LoopThread, free_port, wait_for
+from harness import Daemon, LoopThread, free_port, serving, wait_for
 from harness import telegram_links as links
 from mastodon import Mastodon
 
@@ -54,26 +54,24 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     folder: Path = tmp_path_factory.mktemp("mentions")
-    loop = LoopThread()
     masto, tg = MastodonSandbox(defer_image_processing=False), TelegramSandbox()
-    loop.run(masto.start())
-    loop.run(tg.start())
-    news = loop.call(masto.create_account, "news", "The News")
-    alice = loop.call(masto.create_account, "alice", "Alice Example")
-    inbox_bot = loop.call(tg.create_bot, "inbox_bot", "Inbox")
-    community_bot = loop.call(tg.create_bot, "community_bot", "Community")
-    channel_bot = loop.call(tg.create_bot, "channel_bot", "Channel")
-    staff_user = loop.call(tg.create_user, "Sam", "sam_staff")
-    bob = loop.call(tg.create_user, "Bob", "bob_reader")
-    staff = loop.call(tg.create_group, "Staff", [inbox_bot.id, staff_user.id])
-    community = loop.call(
-        tg.create_group, "Community", [community_bot.id, bob.id], "community_chat"
-    )
-    loop.call(tg.create_channel, "news_channel", "News", [channel_bot.id])
-    port = free_port()
-    config = folder / "relaybird.toml"
-    config.write_text(
-        f"""[relaybird]
+    with serving(masto, tg) as loop:
+        news = loop.call(masto.create_account, "news", "The News")
+        alice = loop.call(masto.create_account, "alice", "Alice Example")
+        inbox_bot = loop.call(tg.create_bot, "inbox_bot", "Inbox")
+        community_bot = loop.call(tg.create_bot, "community_bot", "Community")
+        channel_bot = loop.call(tg.create_bot, "channel_bot", "Channel")
+        staff_user = loop.call(tg.create_user, "Sam", "sam_staff")
+        bob = loop.call(tg.create_user, "Bob", "bob_reader")
+        staff = loop.call(tg.create_group, "Staff", [inbox_bot.id, staff_user.id])
+        community = loop.call(
+            tg.create_group, "Community", [community_bot.id, bob.id], "community_chat"
+        )
+        loop.call(tg.create_channel, "news_channel", "News", [channel_bot.id])
+        port = free_port()
+        config = folder / "relaybird.toml"
+        config.write_text(
+            f"""[relaybird]
 state = "state.sqlite3"
 listen = "127.0.0.1:{port}"
 
@@ -115,25 +113,24 @@ to = ["staff"]
 kinds = ["mention"]
 reply_back = true
 """,
-        encoding="utf-8",
-    )
-    env = {
-        "NEWS_TOKEN": news.token,
-        "CHANNEL_TOKEN": channel_bot.token,
-        "COMMUNITY_TOKEN": community_bot.token,
-        "INBOX_TOKEN": inbox_bot.token,
-    }
-    daemon = Daemon(config, port, env).start()
-    client = Mastodon(
-        api_base_url=masto.base_url, access_token=alice.token, version_check_mode="none"
-    )
-    try:
-        yield World(loop, masto, tg, daemon, client, staff.id, community.id, staff_user.id, bob.id)
-    finally:
-        daemon.stop()
-        loop.run(masto.stop())
-        loop.run(tg.stop())
-        loop.stop()
+            encoding="utf-8",
+        )
+        env = {
+            "NEWS_TOKEN": news.token,
+            "CHANNEL_TOKEN": channel_bot.token,
+            "COMMUNITY_TOKEN": community_bot.token,
+            "INBOX_TOKEN": inbox_bot.token,
+        }
+        daemon = Daemon(config, port, env).start()
+        client = Mastodon(
+            api_base_url=masto.base_url, access_token=alice.token, version_check_mode="none"
+        )
+        try:
+            yield World(
+                loop, masto, tg, daemon, client, staff.id, community.id, staff_user.id, bob.id
+            )
+        finally:
+            daemon.stop()
 
 
 def test_mastodon_mention_reaches_the_inbox_with_author_and_link(world: World) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Daemon, LoopThread, free_port, wait_for
+from harness import Daemon, LoopThread, free_port, serving, wait_for
 from harness import telegram_links as links
 
 from relaybird.sandbox.mastodon import MastodonSandbox
@@ -169,17 +169,17 @@ def inbox_world(
     folder = tmp_path_factory.mktemp("bsky_inbox")
     news = new_person(appview_network, "newsdesk", "The News Desk")
     bob = new_person(appview_network, "bobreader", "Bob Reader")
-    loop, tg = LoopThread(), TelegramSandbox()
-    loop.run(tg.start())
-    inbox_bot = loop.call(tg.create_bot, "inbox_bot", "Inbox")
-    sam = loop.call(tg.create_user, "Sam", "sam_staff")
-    staff = loop.call(tg.create_group, "Staff", [inbox_bot.id, sam.id])
-    port = free_port()
-    config = write_config(
-        folder,
-        port,
-        bluesky_account_toml("news_bsky", appview_network, news)
-        + f"""
+    tg = TelegramSandbox()
+    with serving(tg) as loop:
+        inbox_bot = loop.call(tg.create_bot, "inbox_bot", "Inbox")
+        sam = loop.call(tg.create_user, "Sam", "sam_staff")
+        staff = loop.call(tg.create_group, "Staff", [inbox_bot.id, sam.id])
+        port = free_port()
+        config = write_config(
+            folder,
+            port,
+            bluesky_account_toml("news_bsky", appview_network, news)
+            + f"""
 [accounts.staff]
 network = "telegram"
 base_url = "{tg.root_url}"
@@ -193,18 +193,16 @@ from = ["news_bsky"]
 to = ["staff"]
 kinds = ["mention"]
 """,
-    )
-    env = {
-        "NEWS_BSKY_PASSWORD": bluesky_password(appview_network, news),
-        "INBOX_TOKEN": inbox_bot.token,
-    }
-    daemon = Daemon(config, port, env).start()
-    try:
-        yield InboxWorld(loop, tg, daemon, news, bob, staff.id)
-    finally:
-        daemon.stop()
-        loop.run(tg.stop())
-        loop.stop()
+        )
+        env = {
+            "NEWS_BSKY_PASSWORD": bluesky_password(appview_network, news),
+            "INBOX_TOKEN": inbox_bot.token,
+        }
+        daemon = Daemon(config, port, env).start()
+        try:
+            yield InboxWorld(loop, tg, daemon, news, bob, staff.id)
+        finally:
+            daemon.stop()
 
 
 def bsky_permalink(person: Person, uri: str) -> str:
@@ -278,16 +276,16 @@ def bsky_bot_world(
     bot = new_person(appview_network, "crossbot")
     alice = new_person(appview_network, "alice", "Alice")
     mallory = new_person(appview_network, "mallory", "Mallory")
-    loop, tg = LoopThread(), TelegramSandbox()
-    loop.run(tg.start())
-    channel_bot = loop.call(tg.create_bot, "channel_bot", "Channel")
-    loop.call(tg.create_channel, "bot_channel", "Channel", [channel_bot.id])
-    port = free_port()
-    config = write_config(
-        folder,
-        port,
-        bluesky_account_toml("bot_bsky", appview_network, bot)
-        + f"""
+    tg = TelegramSandbox()
+    with serving(tg) as loop:
+        channel_bot = loop.call(tg.create_bot, "channel_bot", "Channel")
+        loop.call(tg.create_channel, "bot_channel", "Channel", [channel_bot.id])
+        port = free_port()
+        config = write_config(
+            folder,
+            port,
+            bluesky_account_toml("bot_bsky", appview_network, bot)
+            + f"""
 [accounts.channel_tg]
 network = "telegram"
 base_url = "{tg.root_url}"
@@ -307,18 +305,16 @@ bot = "bot_bsky"
 route = "crosspost"
 allow = ["{alice.did}"]
 """,
-    )
-    env = {
-        "BOT_BSKY_PASSWORD": bluesky_password(appview_network, bot),
-        "CHANNEL_TOKEN": channel_bot.token,
-    }
-    daemon = Daemon(config, port, env).start()
-    try:
-        yield BskyBotWorld(loop, tg, daemon, bot, alice, mallory)
-    finally:
-        daemon.stop()
-        loop.run(tg.stop())
-        loop.stop()
+        )
+        env = {
+            "BOT_BSKY_PASSWORD": bluesky_password(appview_network, bot),
+            "CHANNEL_TOKEN": channel_bot.token,
+        }
+        daemon = Daemon(config, port, env).start()
+        try:
+            yield BskyBotWorld(loop, tg, daemon, bot, alice, mallory)
+        finally:
+            daemon.stop()
 
 
 @pytest.mark.pds
@@ -425,20 +421,18 @@ class TgBotWorld:
 @pytest.fixture(scope="module")
 def tg_bot_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TgBotWorld]:
     folder = tmp_path_factory.mktemp("tg_bot")
-    loop = LoopThread()
     masto, tg = MastodonSandbox(defer_image_processing=False), TelegramSandbox()
-    loop.run(masto.start())
-    loop.run(tg.start())
-    news = loop.call(masto.create_account, "news", "The News")
-    bot = loop.call(tg.create_bot, "group_bot", "Group")
-    sam = loop.call(tg.create_user, "Sam", "sam_staff")
-    bob = loop.call(tg.create_user, "Bob", "bob_reader")
-    group = loop.call(tg.create_group, "Volunteers", [bot.id, sam.id, bob.id])
-    port = free_port()
-    config = write_config(
-        folder,
-        port,
-        f"""[accounts.news_masto]
+    with serving(masto, tg) as loop:
+        news = loop.call(masto.create_account, "news", "The News")
+        bot = loop.call(tg.create_bot, "group_bot", "Group")
+        sam = loop.call(tg.create_user, "Sam", "sam_staff")
+        bob = loop.call(tg.create_user, "Bob", "bob_reader")
+        group = loop.call(tg.create_group, "Volunteers", [bot.id, sam.id, bob.id])
+        port = free_port()
+        config = write_config(
+            folder,
+            port,
+            f"""[accounts.news_masto]
 network = "mastodon"
 base_url = "{masto.base_url}"
 access_token = "${{NEWS_TOKEN}}"
@@ -462,15 +456,12 @@ bot = "group_tg"
 route = "crosspost"
 allow = ["{sam.id}"]
 """,
-    )
-    daemon = Daemon(config, port, {"NEWS_TOKEN": news.token, "GROUP_TOKEN": bot.token}).start()
-    try:
-        yield TgBotWorld(loop, tg, masto, daemon, group.id, sam.id, bob.id)
-    finally:
-        daemon.stop()
-        loop.run(masto.stop())
-        loop.run(tg.stop())
-        loop.stop()
+        )
+        daemon = Daemon(config, port, {"NEWS_TOKEN": news.token, "GROUP_TOKEN": bot.token}).start()
+        try:
+            yield TgBotWorld(loop, tg, masto, daemon, group.id, sam.id, bob.id)
+        finally:
+            daemon.stop()
 
 
 def test_telegram_slash_crosspost_reply_crossposts_to_mastodon(tg_bot_world: TgBotWorld) -> None:

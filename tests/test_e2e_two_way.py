@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from harness import Daemon, LoopThread, free_port, wait_for
+from harness import Daemon, free_port, serving, wait_for
 from realpds import RealPds
 from sides import BlueskySide, MastodonSide, Side, TelegramSide
 
@@ -21,20 +21,13 @@ BURST = 4
 
 @pytest.fixture
 def sides(real_pds: RealPds) -> Iterator[list[Side]]:
-    loop = LoopThread()
     masto, tg = MastodonSandbox(), TelegramSandbox(per_chat_limit=1000)
-    loop.run(masto.start())
-    loop.run(tg.start())
-    try:
+    with serving(masto, tg) as loop:
         yield [
             MastodonSide(loop, masto, "masto", "twoway"),
             BlueskySide(real_pds, "bsky", "twoway"),
             TelegramSide(loop, tg, "tg", "twoway_channel"),
         ]
-    finally:
-        loop.run(masto.stop())
-        loop.run(tg.stop())
-        loop.stop()
 
 
 def test_burst_on_every_network_reaches_the_others_and_never_echoes(

@@ -248,17 +248,14 @@ def test_a_burst_drains_through_the_daemon_without_a_single_429(tmp_path: Path) 
     account's rate_limit keeps every call under it, and every post arrives once, in order."""
     from datetime import datetime
 
-    from harness import Daemon, LoopThread, free_port, wait_for
+    from harness import Daemon, free_port, serving, wait_for
 
     from relaybird.sandbox.mastodon import MastodonSandbox
     from relaybird.sandbox.telegram import TelegramSandbox
 
-    loop = LoopThread()
     masto = MastodonSandbox(defer_image_processing=False, rate_limit=15, rate_limit_period=2.0)
     tg = TelegramSandbox()
-    loop.run(masto.start())
-    loop.run(tg.start())
-    try:
+    with serving(masto, tg) as loop:
         archive = loop.call(masto.create_account, "archive")
         bot = loop.call(tg.create_bot, "news_bot")
         loop.call(tg.create_channel, "news", "News", [bot.id])
@@ -309,10 +306,6 @@ to = ["archive"]
         copies = loop.call(masto.statuses_of, "archive")
         texts = sorted(loop.call(masto.source_text, c["id"]) for c in copies)
         refused = [r for r in masto.requests_log if r.status == 429]
-    finally:
-        loop.run(masto.stop())
-        loop.run(tg.stop())
-        loop.stop()
     assert texts == [f"burst {i:02d}" for i in range(count)]
     assert refused == []
     created = sorted(datetime.fromisoformat(c["created_at"]).timestamp() for c in copies)
