@@ -27,6 +27,7 @@ from relaybird.commands import (
     render_answer,
 )
 from relaybird.config import CommandSettings, Config, Route
+from relaybird.duties import Duties
 from relaybird.inbox import OriginalRef, Reason, network_name, render_notification
 from relaybird.model import Author, Event, EventKind, Post, SpanKind
 from relaybird.networks.base import Network
@@ -56,32 +57,11 @@ class Desk:
         self.networks = networks
         self.routes = {route.name: route for route in config.routes}
         self.commands = {command.bot: command for command in config.commands}
+        self.duties = Duties(config)
         self.limiters = {
             command.bot: PersonLimiter(command.per_person_per_hour, 3600.0)
             for command in config.commands
         }
-
-    # who listens to what
-
-    def mention_routes(self) -> list[Route]:
-        return [route for route in self.config.routes if route.routes_mentions()]
-
-    def mentioned_accounts(self) -> set[str]:
-        """Accounts whose mentions matter: sources of mention routes, and the bots."""
-        return {name for r in self.mention_routes() for name in r.sources} | set(self.commands)
-
-    def inboxes_answering(self) -> set[str]:
-        """Inbox accounts whose chat is read for answers (`reply_back`)."""
-        return {name for r in self.mention_routes() if r.reply_back for name in r.targets}
-
-    def answering_accounts(self) -> set[str]:
-        """Accounts that post answers: bots, and the mentioned accounts of reply_back routes."""
-        back = {name for r in self.mention_routes() if r.reply_back for name in r.sources}
-        return back | set(self.commands)
-
-    def is_chat_network(self, name: str) -> bool:
-        """Whether mentions of the account come on its ordinary stream (Telegram chats)."""
-        return self.config.accounts[name].network == "telegram"
 
     # intake
 
@@ -92,10 +72,10 @@ class Desk:
         """The event the router should see next, or None when the desk has dealt with it."""
         if event.kind not in (EventKind.POST, EventKind.REPLY, EventKind.MENTION):
             return event
-        if event.account in self.commands and self.is_chat_network(event.account):
+        if event.account in self.commands and self.duties.is_chat_network(event.account):
             self.remember(event)
         if event.kind is not EventKind.MENTION:
-            if not self.is_chat_network(event.account):
+            if not self.duties.is_chat_network(event.account):
                 return event
             if self._reply_back(event):
                 return None
@@ -103,7 +83,7 @@ class Desk:
             return None
         if event.kind is EventKind.MENTION:
             return self._noticed(event)
-        if event.account in self.mentioned_accounts() and self._mentions_us(event):
+        if event.account in self.duties.mentioned_accounts() and self._mentions_us(event):
             return self._noticed(replace(event, kind=EventKind.MENTION))
         return event
 
@@ -157,7 +137,7 @@ class Desk:
     def _reply_back(self, event: Event) -> bool:
         """A reply in an inbox to a notice, on a reply_back route: answer the mention."""
         post = event.post
-        if post.reply_to is None or event.account not in self.inboxes_answering():
+        if post.reply_to is None or event.account not in self.duties.inboxes_answering():
             return False
         origin = self.store.copy_origin(event.account, post.reply_to)
         if origin is None:

@@ -93,30 +93,13 @@ class Relay:
         self.desk = Desk(self.config, self.store, self.networks)
 
     def sources(self) -> set[str]:
-        """Accounts whose own stream is read: sources of post routes, and chats where mentions,
-        requests and inbox answers arrive among the ordinary messages."""
-        posts = {
-            name
-            for route in self.config.routes
-            if not route.routes_mentions()
-            for name in route.sources
-        }
-        chats = {
-            name
-            for name in self.desk.mentioned_accounts() | self.desk.inboxes_answering()
-            if self.desk.is_chat_network(name)
-        }
-        return posts | chats
+        return self.desk.duties.stream_readers()
 
     def mention_sources(self) -> set[str]:
-        """Accounts whose notifications are read (networks that have them)."""
-        return {
-            name for name in self.desk.mentioned_accounts() if not self.desk.is_chat_network(name)
-        }
+        return self.desk.duties.notification_readers()
 
     def targets(self) -> set[str]:
-        routed = {name for route in self.config.routes for name in route.targets}
-        return routed | self.desk.answering_accounts()
+        return self.desk.duties.targets()
 
     # EventSink
 
@@ -297,12 +280,8 @@ class Relay:
                 continue
             network = build_network(account, self.store)
             self.networks[name] = network
-            role = "+".join(
-                role
-                for role, members in (("source", posting), ("target", targets))
-                if name in members
-            )
-            self.health[name] = AccountHealth(network=network.network, role=role or "mentions")
+            role = self.desk.duties.role(name)
+            self.health[name] = AccountHealth(network=network.network, role=role)
             self.metrics.connected.labels(name).set(0)
             if name in mentioned:
                 stream = mention_stream(name)

@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from relaybird.config import Config, parse_listen
+from relaybird.duties import Duties
 from relaybird.networks.base import MENTIONS
 from relaybird.store import Store, cursor_key
 
@@ -135,37 +136,19 @@ def collect(config: Config, store: Store | None, health: dict[str, Any] | None) 
 
 def _streams(config: Config, live: dict[str, Any], cursors: dict[str, Any]) -> list[str]:
     """Every account, each followed by its mention stream when it has one (`name#mentions`)."""
+    readers = Duties(config).notification_readers()
     names: list[str] = []
     for name in config.accounts:
         names.append(name)
         stream = cursor_key(name, MENTIONS)
-        if stream in live or stream in cursors or name in _mentioned(config):
+        if stream in live or stream in cursors or name in readers:
             names.append(stream)
     return names
 
 
-def _mentioned(config: Config) -> set[str]:
-    """Accounts whose notifications the daemon reads: mention routes' sources and the bots,
-    except on Telegram, where mentions come on the chat's ordinary stream."""
-    names = {n for route in config.routes if route.routes_mentions() for n in route.sources}
-    names |= {command.bot for command in config.commands}
-    return {name for name in names if config.accounts[name].network != "telegram"}
-
-
 def _role(config: Config, name: str) -> str:
     """What the account does, from the config alone (the daemon says so itself when running)."""
-    if "#" in name:
-        return MENTIONS
-    roles = [
-        role
-        for role, found in (
-            ("source", any(name in route.sources for route in config.routes)),
-            ("target", any(name in route.targets for route in config.routes)),
-            ("bot", any(name == command.bot for command in config.commands)),
-        )
-        if found
-    ]
-    return "+".join(roles) or "unused"
+    return MENTIONS if "#" in name else Duties(config).role(name)
 
 
 def _age(seconds: float | None) -> str:
