@@ -311,3 +311,15 @@ to = ["archive"]
     created = sorted(datetime.fromisoformat(c["created_at"]).timestamp() for c in copies)
     # Three at once, then four a second: the limiter, not luck, kept the server happy.
     assert created[-1] - created[0] >= (count - 3) / 4 * 0.9
+
+
+def test_retry_after_is_read_as_seconds_or_as_an_http_date() -> None:
+    from relaybird.ratelimit import retry_after_seconds
+
+    now = 1_000_000.0
+    assert retry_after_seconds("7", now) == 7.0
+    assert retry_after_seconds("Mon, 12 Jan 1970 13:47:10 GMT", now) == 30.0
+    assert retry_after_seconds("Thu, 01 Jan 1970 00:00:00 GMT", now) == 0.0  # already past
+    assert retry_after_seconds("later", now) is None
+    assert retry_after_seconds("nan", now) is None
+    assert retry_after_seconds(None, now) is None

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
@@ -27,6 +28,24 @@ RESERVE_SHARE = 0.05
 MIN_RESERVE = 2
 #: Waits shorter than this are not worth a sleep (and wall-clock floats cannot resolve them).
 EPSILON_SECONDS = 0.001
+#: How long an account is held after a 429 that says nothing usable about when to come back.
+DEFAULT_HOLD_SECONDS = 60.0
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """An HTTP `Retry-After` (seconds, or an HTTP date) as seconds from `now`; None when absent
+    or unreadable, so that the caller can look at the network's own headers instead."""
+    if not value:
+        return None
+    try:
+        delay = float(value)
+    except ValueError:
+        try:
+            moment = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        return max(moment.timestamp() - now, 0.0)
+    return max(delay, 0.0) if math.isfinite(delay) else None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import re
 import time
@@ -39,7 +38,7 @@ from relaybird.networks.base import (
     TemporaryError,
 )
 from relaybird.networks.mastodon_format import post_to_status_text, status_to_post
-from relaybird.ratelimit import ServerBudget
+from relaybird.ratelimit import DEFAULT_HOLD_SECONDS, ServerBudget, retry_after_seconds
 from relaybird.richtext import (
     PayloadError,
     as_dict,
@@ -56,8 +55,6 @@ log = logging.getLogger(__name__)
 HEARTBEAT_TIMEOUT_SECONDS = 90.0
 MAX_RECONNECT_SECONDS = 300.0
 CATCH_UP_PAGE = 40
-#: How long to hold the account when a 429 says nothing usable about when to come back.
-DEFAULT_RATE_LIMIT_WAIT = 60.0
 #: Mastodon fetches a link's preview card in a background job after the status is created, so the
 #: status streamed at creation usually has none yet: a new status with a link is read again for up
 #: to this long to carry its card (a Bluesky copy cannot get one later: it cannot be edited).
@@ -672,28 +669,15 @@ def _header_int(value: str | None) -> int | None:
         return None
 
 
-def _future(moment: float | None, now: float | None = None) -> float:
-    """A reset time worth waiting for: one missing or already past holds for a minute."""
-    now = time.time() if now is None else now
-    if isinstance(moment, int | float) and moment > now:
-        return float(moment)
-    return now + DEFAULT_RATE_LIMIT_WAIT
-
-
 def retry_at_of(headers: Mapping[str, str], now: float | None = None) -> float:
     """When a 429 lets us back in: X-RateLimit-Reset (an ISO time, or Unix seconds as some
-    servers send), else Retry-After in seconds, else a minute from now."""
+    servers send), else Retry-After, else a minute from now."""
     now = time.time() if now is None else now
     reset = _parse_reset(headers.get("X-RateLimit-Reset", ""))
     if reset is not None and reset > now:
         return reset
-    try:
-        seconds = float(headers.get("Retry-After", ""))
-    except ValueError:
-        seconds = math.nan
-    if math.isfinite(seconds) and seconds >= 0:
-        return now + seconds
-    return _future(None, now)
+    seconds = retry_after_seconds(headers.get("Retry-After"), now)
+    return now + (DEFAULT_HOLD_SECONDS if seconds is None else seconds)
 
 
 def _parse_reset(value: str) -> float | None:

@@ -23,24 +23,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from relaybird.networks.base import PermanentError, RateLimited, TemporaryError
+from relaybird.ratelimit import DEFAULT_HOLD_SECONDS, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
 #: How long a call may wait for a connection and between reads, as the SDK's HTTP client did.
 TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=5.0)
-#: How long to hold an account when a 429 says nothing about when to come back.
-DEFAULT_RATE_LIMIT_WAIT = 60.0
 #: Statuses below 500 that say "try again" rather than "this request is wrong".
 RETRYABLE_4XX = frozenset({408, 409, 413})
 #: Error names of an access token that a refresh can replace.
@@ -92,33 +89,20 @@ def retry_at_of(headers: Mapping[str, str], now: float | None = None) -> float:
 
     `Retry-After` (seconds, or an HTTP date) is the server's own word for this request; otherwise
     the window's `RateLimit-Reset`, when it is still ahead. A 429 that says neither waits a minute.
+    `headers` are the answer's, with lower-case names.
     """
     now = time.time() if now is None else now
-    retry_after = _retry_after(headers.get("retry-after") or headers.get("Retry-After"), now)
+    retry_after = retry_after_seconds(headers.get("retry-after"), now)
     if retry_after is not None:
         return now + retry_after
-    reset = headers.get("ratelimit-reset") or headers.get("RateLimit-Reset")
+    reset = headers.get("ratelimit-reset")
     try:
         reset_at = float(int(reset)) if reset is not None else None
     except ValueError:
         reset_at = None
     if reset_at is not None and reset_at > now:
         return reset_at
-    return now + DEFAULT_RATE_LIMIT_WAIT
-
-
-def _retry_after(value: str | None, now: float) -> float | None:
-    if value is None:
-        return None
-    try:
-        delay = float(value)
-    except ValueError:
-        try:
-            moment = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        return max(moment.timestamp() - now, 0.0)
-    return max(delay, 0.0) if math.isfinite(delay) else None
+    return now + DEFAULT_HOLD_SECONDS
 
 
 def pds_endpoint(did_doc: object) -> str:
