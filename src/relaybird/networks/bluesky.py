@@ -35,6 +35,7 @@ from relaybird.networks.bluesky_format import (
     post_to_record_text,
     profile_url,
     record_to_post,
+    split_at_uri,
 )
 from relaybird.networks.xrpc import Refused, Session, Unavailable, XrpcClient
 from relaybird.richtext import as_dict, as_text
@@ -200,7 +201,7 @@ class BlueskyNetwork:
     async def reply_target(self, post_id: str) -> ReplyTarget:
         """A Bluesky reply names its parent and its thread's root, each by uri and cid."""
         try:
-            found = await self.get_record(*_at_uri(post_id))
+            found = await self.get_record(*split_at_uri(post_id))
         except RateLimited:
             raise
         except DeliveryError as error:
@@ -221,7 +222,7 @@ class BlueskyNetwork:
         """Someone's post with its author's profile. Its media live on their PDS, which is not
         among the hosts media are fetched from: the permalink stays the way to them."""
         try:
-            repo, collection, rkey = _at_uri(post_id)
+            repo, collection, rkey = split_at_uri(post_id)
             found = await self.get_record(repo, collection, rkey)
             record = found.get("value")
             if not isinstance(record, dict):
@@ -385,11 +386,3 @@ class BlueskyNetwork:
         if size is not None:
             image["aspectRatio"] = {"width": size[0], "height": size[1]}
         return image
-
-
-def _at_uri(uri: str) -> tuple[str, str, str]:
-    """`at://repo/collection/rkey` in its three parts; anything else is not a post's address."""
-    parts = uri.removeprefix("at://").split("/")
-    if not uri.startswith("at://") or len(parts) != 3 or not all(parts):
-        raise PayloadError(f"not a post's at-uri: {uri}")
-    return parts[0], parts[1], parts[2]

@@ -137,6 +137,18 @@ def _did_of(at_uri: str) -> str:
     return at_uri.removeprefix("at://").split("/", 1)[0]
 
 
+def at_uri(repo: str, collection: str, rkey: str) -> str:
+    return f"at://{repo}/{collection}/{rkey}"
+
+
+def split_at_uri(uri: str) -> tuple[str, str, str]:
+    """A record's `at://repo/collection/rkey` in its three parts; PayloadError for anything else."""
+    parts = uri.removeprefix("at://").split("/")
+    if not uri.startswith("at://") or len(parts) != 3 or not all(parts):
+        raise PayloadError(f"not a record's at-uri: {uri}")
+    return parts[0], parts[1], parts[2]
+
+
 def _facet_spans(text: str, facets: list[dict[str, Any]]) -> list[Span]:
     """Facets back to spans; a facet whose bytes fall inside a character of the text is ignored."""
     offsets = richtext.OffsetTable.utf8(text)

@@ -42,7 +42,7 @@ import libipld
 from relaybird.media import MediaFetcher, MediaPolicy
 from relaybird.model import Author, Event, EventKind, LinkCard, Media, Post
 from relaybird.networks.base import DeliveryError, EventSink
-from relaybird.networks.bluesky_format import NETWORK, ipld_to_json, record_to_post
+from relaybird.networks.bluesky_format import NETWORK, at_uri, ipld_to_json, record_to_post
 from relaybird.networks.xrpc import XrpcClient
 from relaybird.richtext import PayloadError, as_dict, as_dicts, as_int, as_text, parse_json
 
@@ -87,10 +87,6 @@ def firehose_base(pds_url: str) -> str:
     path = parts.path.rstrip("/")
     path = path if path.endswith("/xrpc") else f"{path}/xrpc"
     return urlunsplit((scheme, parts.netloc, path, "", ""))
-
-
-def _at_uri(did: str, collection: str, rkey: str) -> str:
-    return f"at://{did}/{collection}/{rkey}"
 
 
 def _digits(cursor: str | None) -> int | None:
@@ -148,7 +144,7 @@ class Emitter:
     ) -> None:
         """Emit a created (POST/REPLY) or updated (EDIT) post."""
         context = self.context
-        uri = _at_uri(context.did, POST_COLLECTION, rkey)
+        uri = at_uri(context.did, POST_COLLECTION, rkey)
         try:
             post = record_to_post(uri, cid, record, context.handle, pds_url=context.pds_url)
         except PayloadError as error:
@@ -165,7 +161,7 @@ class Emitter:
     async def delete(self, rkey: str, cursor: str) -> None:
         context = self.context
         post = Post(
-            id=_at_uri(context.did, POST_COLLECTION, rkey),
+            id=at_uri(context.did, POST_COLLECTION, rkey),
             text="",
             author=Author(network=NETWORK, handle=context.handle, id=context.did),
         )
